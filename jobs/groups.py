@@ -1,0 +1,80 @@
+"""groups: connected components of each supplier's pair graph -> `groups` and `group_members`.
+
+A group is a connected component of the run date's pairs within one supplier; its
+``weakest_similarity`` is the weakest link (the smallest edge of its maximum spanning tree: raise the
+threshold above it and the group splits). ``group_id`` is derived from the supplier and the group's
+smallest listing id, so it is the same on every rerun. ``is_new`` marks members that arrived on the
+run date (the others come from the supplier's catalogue).
+
+    spark-submit jobs/groups.py --run-date 2024-03-01 --config conf/sspr.toml
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from jobs.stage import StageContext, StageResult, run_stage
+from schemas.tables import GROUP_MEMBERS, GROUPS
+
+log = logging.getLogger(__name__)
+STAGE = "groups"
+
+
+def group_pairs(pairs, new_listing_ids, run_date: str):
+    """Clusters pairs per supplier.
+
+    Args:
+        pairs: the run date's rows of the ``pairs`` table.
+        new_listing_ids: a one-column (``listing_id``) DataFrame of the run date's listings.
+        run_date: stamped on the output.
+
+    Returns:
+        ``(groups, members)`` matching the ``GROUPS`` and ``GROUP_MEMBERS`` contracts.
+    """
+    from pyspark.sql import functions as F
+
+    from jobs.executor import GROUP_OUTPUT_DDL, cluster_supplier_pairs
+
+    rows = pairs.groupBy("supplier_id").applyInPandas(cluster_supplier_pairs, schema=GROUP_OUTPUT_DDL)
+    rows = rows.withColumn("run_date", F.lit(run_date)).persist()
+    groups = rows.select(*GROUPS.names).dropDuplicates(["supplier_id", "group_id"])
+    flagged = new_listing_ids.distinct().withColumn("is_new", F.lit(True))
+    members = (
+        rows.join(flagged, on="listing_id", how="left")
+        .withColumn("is_new", F.coalesce("is_new", F.lit(False)))
+        .select(*GROUP_MEMBERS.names)
+    )
+    return groups, members, rows
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Groups the run date's pairs and writes `groups` and `group_members`."""
+    from pyspark.sql import functions as F
+
+    from jobs.warehouse import ensure_tables, replace_partition
+
+    ensure_tables(ctx.spark, ctx.database, ["pairs", "embeddings"])
+    pairs = ctx.spark.table(f"{ctx.database}.pairs").filter(F.col("run_date") == ctx.run_date)
+    new_ids = ctx.spark.table(f"{ctx.database}.embeddings").filter(
+        F.col("run_date") == ctx.run_date).select("listing_id")
+    rows_in = pairs.count()
+    groups, members, rows = group_pairs(pairs, new_ids, ctx.run_date)
+    partition = {"run_date": ctx.run_date}
+    try:
+        n_groups = replace_partition(ctx.spark, groups, ctx.database, "groups", partition)
+        n_members = replace_partition(ctx.spark, members, ctx.database, "group_members", partition)
+        biggest = groups.agg(F.max("size")).first()[0]
+    finally:
+        rows.unpersist()
+    return StageResult(rows_in=rows_in, rows_out=n_groups,
+                       details={"groups": n_groups, "members": n_members, "biggest_group": biggest})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the stage from the command line; returns the exit code."""
+    return run_stage(STAGE, run, argv, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""report: the run date's summary and review page, from the warehouse tables.
+
+Writes ``{paths.reports_dir}/run_date=D/report.json`` (run metrics per stage, every group with its
+members' titles and prices and the per-modality similarity of its pairs) and ``review.html`` (the
+same groups with thumbnails, for the governance team; every listing field is HTML-escaped). The
+folder is written beside the old one and swapped in, so a reader never sees half a report.
+
+    spark-submit jobs/report.py --run-date 2024-03-01 --config conf/sspr.toml
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jobs.stage import StageContext, StageResult, run_stage
+from schemas.tables import TABLES
+
+log = logging.getLogger(__name__)
+STAGE = "report"
+MAX_GROUPS_ON_PAGE = 500
+THUMBNAIL_PX = 96
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Reads the run date's tables into a report dict (and member image bytes for thumbnails).
+
+    Returns:
+        ``(report, images)``: the JSON-able report and ``listing_id -> image bytes``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from jobs.warehouse import ensure_tables
+
+    db, day = ctx.database, ctx.run_date
+    ensure_tables(ctx.spark, db)
+    table = lambda name: ctx.spark.table(f"{db}.{name}")  # noqa: E731
+    metrics = {
+        r["stage"]: {k: _clean(r[k]) for k in ("rows_in", "rows_out", "rows_quarantined", "rows_skipped", "seconds")}
+        | {"details": json.loads(r["details"] or "{}")}
+        for r in table("run_metrics").filter(F.col("run_date") == day).collect()
+    }
+    groups = table("groups").filter(F.col("run_date") == day).orderBy(
+        F.col("size").desc(), F.col("group_id")).limit(MAX_GROUPS_ON_PAGE)
+    group_rows = [r.asDict() for r in groups.collect()]
+    shown = [g["group_id"] for g in group_rows]
+    members = table("group_members").filter((F.col("run_date") == day) & F.col("group_id").isin(shown))
+    latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
+    attributes = (
+        table("listings").filter(F.col("run_date") <= day)
+        .join(members.select("listing_id").distinct(), on="listing_id", how="left_semi")
+        .withColumn("_rank", F.row_number().over(latest)).filter("_rank = 1")
+        .select("listing_id", "title", "brand", "price", "currency", "image")
+    )
+    member_rows = members.join(attributes, on="listing_id", how="left").collect()
+    pairs = table("pairs").filter(F.col("run_date") == day).join(
+        members.select(F.col("listing_id").alias("listing_id_l"), "group_id"), on="listing_id_l"
+    ).collect()
+
+    images: dict[str, bytes] = {}
+    by_group: dict[str, dict[str, Any]] = {
+        g["group_id"]: {k: _clean(v) for k, v in g.items() if k != "run_date"} | {"members": [], "pairs": []}
+        for g in group_rows
+    }
+    for m in sorted(member_rows, key=lambda r: r["listing_id"]):
+        if m["image"] is not None:
+            images[m["listing_id"]] = bytes(m["image"])
+        by_group[m["group_id"]]["members"].append({
+            "listing_id": m["listing_id"], "title": m["title"], "brand": m["brand"],
+            "price": _clean(m["price"]), "currency": m["currency"], "is_new": m["is_new"],
+            "has_image": m["image"] is not None,
+        })
+    for p in sorted(pairs, key=lambda r: (r["listing_id_l"], r["listing_id_r"])):
+        by_group[p["group_id"]]["pairs"].append({
+            "listing_id_l": p["listing_id_l"], "listing_id_r": p["listing_id_r"],
+            **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i")},
+        })
+    report = {
+        "run_date": day,
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "warehouse": {"database": db, "warehouse_dir": ctx.config.paths.warehouse_dir,
+                      "tables": [f"{db}.{name}" for name in TABLES]},
+        "metrics": metrics,
+        "groups_total": table("groups").filter(F.col("run_date") == day).count(),
+        "groups": list(by_group.values()),
+    }
+    return report, images
+
+
+def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> str | None:
+    """Returns a ``data:`` URI of a small JPEG thumbnail, or None if the bytes do not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (size, size))
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a broken image just has no thumbnail
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def render_review_page(report: dict[str, Any], images: dict[str, bytes]) -> str:
+    """Renders the review page. Every value taken from a listing is HTML-escaped.
+
+    Args:
+        report: the output of ``collect_report``.
+        images: listing_id -> image bytes, for thumbnails.
+
+    Returns:
+        A standalone HTML document.
+    """
+    e = lambda v: html.escape("" if v is None else str(v), quote=True)  # noqa: E731
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Duplicate groups {e(report['run_date'])}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}.group{margin-bottom:2em}"
+        "img{width:96px;height:96px;object-fit:contain;background:#f4f4f4}.new{color:#06c}</style>",
+        "</head><body>",
+        f"<h1>Duplicate groups for {e(report['run_date'])}</h1>",
+        f"<p>{e(report['groups_total'])} groups; showing {len(report['groups'])}. Warehouse database "
+        f"<code>{e(report['warehouse']['database'])}</code>.</p>",
+        "<h2>Run metrics</h2><table><tr><th>stage</th><th>rows in</th><th>rows out</th>"
+        "<th>quarantined</th><th>skipped</th><th>seconds</th></tr>",
+    ]
+    for stage, m in report["metrics"].items():
+        parts.append(
+            f"<tr><td>{e(stage)}</td><td>{e(m['rows_in'])}</td><td>{e(m['rows_out'])}</td>"
+            f"<td>{e(m['rows_quarantined'])}</td><td>{e(m['rows_skipped'])}</td><td>{_fmt(m['seconds'])}</td></tr>"
+        )
+    parts.append("</table>")
+    for group in report["groups"]:
+        parts.append(
+            f"<div class='group' id='{e(group['group_id'])}'><h3>Group {e(group['group_id'])} · supplier "
+            f"{e(group['supplier_id'])} · {e(group['size'])} listings · weakest link "
+            f"{_fmt(group['weakest_similarity'])}</h3><table><tr><th></th><th>listing</th><th>title</th>"
+            "<th>brand</th><th>price</th></tr>"
+        )
+        for member in group["members"]:
+            thumb = make_thumbnail(images[member["listing_id"]]) if member["listing_id"] in images else None
+            img = f"<img alt='' src='{thumb}'>" if thumb else "no image"
+            new = " <span class='new'>new</span>" if member["is_new"] else ""
+            price = "" if member["price"] is None else f"{member['price']:.2f} {member['currency'] or ''}"
+            parts.append(
+                f"<tr><td>{img}</td><td>{e(member['listing_id'])}{new}</td><td>{e(member['title'])}</td>"
+                f"<td>{e(member['brand'])}</td><td>{e(price)}</td></tr>"
+            )
+        parts.append("</table><table><tr><th>pair</th><th>similarity m</th><th>t</th><th>i</th></tr>")
+        for pair in group["pairs"]:
+            parts.append(
+                f"<tr><td>{e(pair['listing_id_l'])} ↔ {e(pair['listing_id_r'])}</td>"
+                f"<td>{_fmt(pair['similarity_m'])}</td><td>{_fmt(pair['similarity_t'])}</td>"
+                f"<td>{_fmt(pair['similarity_i'])}</td></tr>"
+            )
+        parts.append("</table></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Path:
+    """Writes the report files into ``{reports_dir}/run_date=D/``, replacing the old folder whole.
+
+    Args:
+        reports_dir: the reports root.
+        run_date: the run date.
+        files: file name -> text content.
+
+    Returns:
+        The published folder.
+    """
+    root = Path(reports_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"run_date={run_date}"
+    staging = Path(tempfile.mkdtemp(prefix=f".run_date={run_date}.", dir=root))
+    for name, text in files.items():
+        (staging / name).write_text(text, encoding="utf-8")
+    old = None
+    if final.exists():
+        old = root / f".old-run_date={run_date}.{os.getpid()}"
+        final.rename(old)
+    staging.chmod(0o755)
+    staging.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Builds and publishes the run date's report and review page."""
+    report, images = collect_report(ctx)
+    folder = publish_report(ctx.config.paths.reports_dir, ctx.run_date, {
+        "report.json": json.dumps(report, indent=2, ensure_ascii=False),
+        "review.html": render_review_page(report, images),
+    })
+    log.info("report for %s: %d groups -> %s/review.html", ctx.run_date, report["groups_total"], folder)
+    return StageResult(rows_in=report["groups_total"], rows_out=len(report["groups"]),
+                       details={"report_dir": str(folder)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the stage from the command line; returns the exit code."""
+    return run_stage(STAGE, run, argv, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
