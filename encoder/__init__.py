@@ -12,7 +12,13 @@ Example:
 
 from encoder.config import ENCODER_KINDS, EncoderConfig
 from encoder.image import IMAGE_ERRORS, decode_image
-from encoder.model import EncodedListings, ListingEncoder, ZeroShotEncoder, build_encoder, resolve_device
+from encoder.model import (
+    EncodedListings,
+    ListingEncoder,
+    ZeroShotEncoder,
+    build_encoder,
+    resolve_device,
+)
 
 __all__ = [
     "ENCODER_KINDS",

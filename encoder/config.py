@@ -37,19 +37,21 @@ class EncoderConfig:
 
     kind: str = "zero-shot"  # which encoder build_encoder makes; one of ENCODER_KINDS
     batch_size: int = 32  # listings per forward pass of each tower; does not change the vectors
-    device: str = "auto"  # "auto" (cuda if available, Spark's GPU if given), "cpu", "cuda", "cuda:N"
+    device: str = "auto"  # "auto" (Spark's GPU / cuda if available, else cpu), "cpu", "cuda[:N]"
     text_max_tokens: int = 64  # titles are cut to this many word-piece tokens (incl. [CLS]/[SEP])
     image_size: int = 224  # images are resized to image_size x image_size (multiple of 32)
     text_weight: float = 1.0  # weight of the text part in the fused vector m (> 0)
     image_weight: float = 1.0  # weight of the image part in the fused vector m (> 0)
-    num_threads: int = 0  # torch.set_num_threads for CPU inference; 0 = leave torch's default
+    num_threads: int = 0  # torch.set_num_threads, process-wide; 0 = torch default; Spark: task cpus
     max_image_pixels: int = 40_000_000  # width*height above which an image is "image_too_large"
 
     def __post_init__(self) -> None:
         """Validates every field and reports all problems in one ValueError."""
         problems: list[str] = []
         if self.kind not in ENCODER_KINDS:
-            problems.append(f"encoder.kind={self.kind!r} is unknown; use one of {list(ENCODER_KINDS)}")
+            problems.append(
+                f"encoder.kind={self.kind!r} is unknown; use one of {list(ENCODER_KINDS)}"
+            )
         if not _is_int(self.batch_size) or self.batch_size < 1:
             problems.append(f"encoder.batch_size={self.batch_size!r} must be an integer >= 1")
         if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
@@ -81,10 +83,13 @@ class EncoderConfig:
                 problems.append(f"encoder.{name}={value!r} must be a finite number > 0")
         if not _is_int(self.num_threads) or self.num_threads < 0:
             problems.append(
-                f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 (0 = torch default)"
+                f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 "
+                "(0 = torch default)"
             )
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
-            problems.append(f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
+            problems.append(
+                f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1"
+            )
         if problems:
             raise ValueError("invalid EncoderConfig: " + "; ".join(problems))
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,9 +79,9 @@ def decode_image(
         ValueError: if ``image_size`` or ``max_pixels`` is not a positive integer, or ``data``
             is not bytes-like (pass None rows around this function, not into it).
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if not _is_int(image_size) or image_size < 1:
         raise ValueError(f"image_size={image_size!r} must be a positive integer, e.g. 224")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+    if not _is_int(max_pixels) or max_pixels < 1:
         raise ValueError(f"max_pixels={max_pixels!r} must be a positive integer, e.g. 40_000_000")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(
@@ -94,7 +93,8 @@ def decode_image(
         rgb = _open_as_rgb(bytes(data), image_size, max_pixels)
     except _ImageRejected as exc:
         return None, exc.reason
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # the warning arrives as an exception when warnings are turned into errors
         return None, "image_too_large"
     except MemoryError:
         return None, "image_too_large"
@@ -103,6 +103,11 @@ def decode_image(
         logger.debug("image rejected as %s: %s: %s", reason, type(exc).__name__, exc)
         return None, reason
     return _to_tensor(rgb), None
+
+
+def _is_int(value: object) -> bool:
+    """Returns True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _ImageRejected(Exception):
@@ -123,22 +128,23 @@ def _looks_truncated(exc: Exception) -> bool:
 
 def _open_as_rgb(data: bytes, image_size: int, max_pixels: int) -> Image.Image:
     """Opens, checks, converts and resizes one image. Raises on any problem."""
-    with warnings.catch_warnings():
-        # Our own max_pixels check replaces PIL's bomb warning; PIL's error still applies.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise _ImageRejected("undecodable")
-        if width * height > max_pixels:
-            raise _ImageRejected("image_too_large")
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated GIF / PNG / WebP: first frame
-        if img.format == "JPEG":
-            # DCT-domain downscale to >= image_size: much faster decode of large photos.
-            img.draft("RGB", (image_size, image_size))
-        img.load()
-        img = ImageOps.exif_transpose(img)
+    # PIL checks for decompression bombs in open(): a warning above Image.MAX_IMAGE_PIXELS
+    # (~89 MP), an error above twice that. Our max_pixels check (read from the header, before
+    # any pixel is decoded) is the one that normally applies. warnings.catch_warnings is not
+    # used to silence PIL's warning because it is not thread-safe.
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise _ImageRejected("undecodable")
+    if width * height > max_pixels:
+        raise _ImageRejected("image_too_large")
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # animated GIF / PNG / WebP: first frame
+    if img.format == "JPEG":
+        # DCT-domain downscale to >= image_size: much faster decode of large photos.
+        img.draft("RGB", (image_size, image_size))
+    img.load()
+    img = ImageOps.exif_transpose(img)
     img = _to_rgb(img)
     return img.resize((image_size, image_size), Image.Resampling.BILINEAR)
 
@@ -224,9 +230,11 @@ class ImageTower(nn.Module):
         batch_size: int = 32,
     ) -> None:
         super().__init__()
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
-            raise ValueError(f"image_size={image_size!r} must be a positive multiple of 32, e.g. 224")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_int(image_size) or image_size < 32 or image_size % 32:
+            raise ValueError(
+                f"image_size={image_size!r} must be a positive multiple of 32, e.g. 224"
+            )
+        if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -238,7 +246,8 @@ class ImageTower(nn.Module):
         # calls torch.load without map_location.
         state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        self.net = net.eval().requires_grad_(False)
+        # channels_last: depthwise convs run ~1.5-2x faster on CPU (mkldnn), same numbers.
+        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.to(self.device)
         logger.info(
@@ -263,7 +272,8 @@ class ImageTower(nn.Module):
         Returns:
             float [n, 1280, image_size/32, image_size/32] (7x7 at 224 px), after ReLU6.
         """
-        return self.net.extract_features(pixels.to(self.device))  # [n, 1280, 7, 7]
+        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.net.extract_features(pixels).contiguous()  # [n, 1280, 7, 7]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Global-average-pools the feature map and L2-normalises it.

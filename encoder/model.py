@@ -72,7 +72,13 @@ import numpy as np
 import torch
 
 from encoder.config import EncoderConfig
-from encoder.image import IMAGE_DIM, IMAGE_PREPROCESSING, ImageTower, decode_image, efficientnet_weights_path
+from encoder.image import (
+    IMAGE_DIM,
+    IMAGE_PREPROCESSING,
+    ImageTower,
+    decode_image,
+    efficientnet_weights_path,
+)
 from encoder.text import TEXT_DIM, TEXT_POOLING, TextTower, minilm_model_dir
 
 logger = logging.getLogger(__name__)
@@ -162,7 +168,9 @@ def resolve_device(config_device: str, gpu_addresses: Sequence[str] = ()) -> tor
     if config_device not in ("auto", "cuda") and not (
         isinstance(config_device, str) and config_device.startswith("cuda:")
     ):
-        raise ValueError(f"device={config_device!r} is invalid; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise ValueError(
+            f"device={config_device!r} is invalid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        )
     cuda = torch.cuda.is_available()
     if config_device == "auto":
         if not cuda:
@@ -195,7 +203,8 @@ def resolve_device(config_device: str, gpu_addresses: Sequence[str] = ()) -> tor
 def _device_for_address(address: str) -> torch.device:
     """Maps a Spark GPU address (a physical index) to a visible CUDA device."""
     address = address.strip()
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible_env = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = [v.strip() for v in visible_env.split(",") if v.strip()]
     if address in visible:
         index = visible.index(address)
     elif address.isdigit():
@@ -217,7 +226,7 @@ def _device_for_address(address: str) -> torch.device:
 
 @functools.lru_cache(maxsize=None)
 def _files_digest(root: str) -> str:
-    """Returns the sha256 of every file under ``root`` (a file or a folder), relative names included.
+    """Returns a sha256 over every file under ``root`` (a file or a folder) and its relative name.
 
     Cached per process, since the weight files do not change while a job runs.
     """
@@ -363,8 +372,8 @@ class ZeroShotEncoder:
             )
             more = f" and {empty.size - 10} more" if empty.size > 10 else ""
             raise ValueError(
-                f"{empty.size} listing(s) have neither a title nor a usable image: {details}{more}; "
-                "quarantine such rows in validation before encoding"
+                f"{empty.size} listing(s) have neither a title nor a usable image: "
+                f"{details}{more}; quarantine such rows in validation before encoding"
             )
 
         text_vectors = self.text_tower.encode_texts(texts).numpy()  # [n_text, 384]

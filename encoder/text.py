@@ -77,9 +77,9 @@ class TextTower(nn.Module):
         batch_size: int = 32,
     ) -> None:
         super().__init__()
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= 512:
+        if type(max_tokens) is not int or not 3 <= max_tokens <= 512:
             raise ValueError(f"max_tokens={max_tokens!r} must be an integer in [3, 512], e.g. 64")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -143,7 +143,10 @@ class TextTower(nn.Module):
         """
         for index, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError(f"text {index} is {type(text).__name__}, expected str; drop missing titles first")
+                raise ValueError(
+                    f"text {index} is {type(text).__name__}, expected str; "
+                    "drop missing titles first"
+                )
         n = len(texts)
         out = torch.empty((n, TEXT_DIM), dtype=torch.float32)  # [n, 384]
         order = sorted(range(n), key=lambda k: len(texts[k]))

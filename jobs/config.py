@@ -143,7 +143,7 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if target is int:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, float)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             return int(value)
@@ -270,8 +270,6 @@ def load_config(
         flag_layer.setdefault(section, {})[key] = value
     _apply(layers, flag_layer, "flag", cwd, problems)
 
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     section_types = _section_types()
     sections = {}
     for name, cls in section_types.items():

@@ -4,8 +4,10 @@ The encoder (``encoder/``) is built inside each executor's Python worker, once p
 the driver. With GPU scheduling configured (``spark.executor_gpus`` / ``spark.task_gpus`` in the
 config, i.e. ``spark.executor.resource.gpu.amount`` / ``spark.task.resource.gpu.amount``) each task
 encodes on the GPU Spark assigned to it; otherwise on CPU. A broken or unreadable image is not
-fatal: the listing is embedded text-only and ``image_error`` says why. Deleted listings
-(``is_deleted``) are written as tombstones without vectors and counted as skipped, so
+fatal: the listing is embedded text-only and ``image_error`` says why. A listing with neither a
+usable title nor a usable image (a blank title and a corrupt image) gets no vectors, is kept out of
+the catalogue and is counted as skipped (``not_embeddable``). Deleted listings (``is_deleted``) are
+written as tombstones without vectors and counted as skipped, so
 rows_in = rows_out + rows_skipped.
 
     spark-submit jobs/embed.py --run-date 2024-03-01 --config conf/sspr.toml
@@ -75,22 +77,24 @@ def run(ctx: StageContext) -> StageResult:
     embedded = embed_listings(listings, encoder_config, partitions)
     out = embedded.unionByName(tombstones(listings)).withColumn("run_date", F.lit(ctx.run_date)).persist()
     try:
-        written = replace_partition(ctx.spark, out, ctx.database, "embeddings", {"run_date": ctx.run_date})
         stats = out.agg(
             F.sum(F.col("is_deleted").cast("int")).alias("deleted"),
             F.sum(F.col("has_image").cast("int")).alias("with_image"),
             F.sum(F.col("image_error").isNotNull().cast("int")).alias("image_errors"),
+            F.sum((~F.col("is_deleted") & F.col("emb_m").isNull()).cast("int")).alias("not_embeddable"),
         ).first()
         versions = [r[0] for r in out.filter("NOT is_deleted").select("model_version").distinct().collect()]
+        written = replace_partition(ctx.spark, out, ctx.database, "embeddings", {"run_date": ctx.run_date})
     finally:
         out.unpersist()
     deleted = int(stats["deleted"] or 0)
+    not_embeddable = int(stats["not_embeddable"] or 0)
     if stats["image_errors"]:
         log.warning("%d listings had unusable images and were embedded text-only (see image_error)",
                     stats["image_errors"])
     return StageResult(
-        rows_in=rows_in, rows_out=written - deleted, rows_skipped=deleted,
-        details={"skipped_by_reason": {"is_deleted": deleted}, "with_image": int(stats["with_image"] or 0),
+        rows_in=rows_in, rows_out=written - deleted - not_embeddable, rows_skipped=deleted + not_embeddable,
+        details={"skipped_by_reason": {"is_deleted": deleted, "not_embeddable": not_embeddable}, "with_image": int(stats["with_image"] or 0),
                  "image_errors": int(stats["image_errors"] or 0), "model_versions": versions,
                  "tasks": partitions},
     )

@@ -8,7 +8,6 @@ on the driver and never pickled. Every function receives only plain values (dict
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -74,15 +73,15 @@ def get_encoder(encoder_config: dict[str, Any]):
         An encoder with ``encode(titles, images)`` and ``model_version``. On a GPU executor the
         device is the GPU Spark assigned to the task (``spark.task.resource.gpu.amount``).
     """
-    from encoder import EncoderConfig, build_encoder, resolve_device
+    from encoder import EncoderConfig, build_encoder
 
     key = json.dumps(encoder_config, sort_keys=True)
     if key not in _ENCODERS:
         started = time.monotonic()
-        device = resolve_device(encoder_config["device"], _gpu_addresses())
-        config = dataclasses.replace(EncoderConfig(**encoder_config), device=str(device))
-        _ENCODERS[key] = build_encoder(config)
-        log.info("encoder built on %s in %.1fs", device, time.monotonic() - started)
+        addresses = _gpu_addresses()
+        _ENCODERS[key] = build_encoder(EncoderConfig(**encoder_config), addresses)
+        log.info("encoder %s built in %.1fs (Spark GPU addresses: %s)", _ENCODERS[key].model_version,
+                 time.monotonic() - started, addresses or "none")
     return _ENCODERS[key]
 
 
@@ -129,24 +128,62 @@ def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: dict[str, Any
                 images.append(None)
                 uri_errors.append(None)
         titles = [t if isinstance(t, str) else None for t in batch["title"]]
-        encoded = encoder.encode(titles, images)
-        errors = [u or e for u, e in zip(uri_errors, encoded.image_error)]
-        yield pd.DataFrame(
-            {
-                "listing_id": batch["listing_id"].to_numpy(),
-                "supplier_id": batch["supplier_id"].to_numpy(),
-                "updated_at": batch["updated_at"].to_numpy(),
-                "is_deleted": False,
-                "has_text": encoded.has_text,
-                "has_image": encoded.has_image,
-                "image_error": errors,
-                "emb_m": list(encoded.m),
-                "emb_t": list(encoded.t),
-                "emb_i": list(encoded.i),
-                "model_version": encoded.model_version,
-            }
-        )
+        try:
+            frame = _encoded_frame(batch, encoder.encode(titles, images), uri_errors)
+        except ValueError:
+            # A row with no usable title or image (e.g. a blank title and a corrupt image) fails
+            # the batch; encode row by row so only that row goes without vectors.
+            frame = pd.concat([_encode_one(encoder, batch.iloc[[k]], titles[k], images[k], uri_errors[k])
+                               for k in range(len(batch))], ignore_index=True)
+        yield frame
         log.info("embedded %d listings in %.2fs", len(batch), time.monotonic() - started)
+
+
+def _empty_frame(ddl: str) -> pd.DataFrame:
+    """Returns a zero-row DataFrame with dtypes matching a DDL column list.
+
+    An untyped ``pd.DataFrame(columns=...)`` (all ``object``) fails Spark's Arrow conversion of
+    grouped-map output for numeric columns, so empty results must carry real dtypes.
+    """
+    dtypes = {"STRING": object, "FLOAT": np.float32, "DOUBLE": np.float64, "BIGINT": np.int64,
+              "BOOLEAN": bool}
+    columns = {}
+    for part in ddl.split(", "):
+        name, kind = part.split()
+        columns[name] = pd.Series([], dtype=dtypes[kind])
+    return pd.DataFrame(columns)
+
+
+def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "listing_id": batch["listing_id"].to_numpy(),
+            "supplier_id": batch["supplier_id"].to_numpy(),
+            "updated_at": batch["updated_at"].to_numpy(),
+            "is_deleted": False,
+            "has_text": encoded.has_text,
+            "has_image": encoded.has_image,
+            "image_error": [u or e for u, e in zip(uri_errors, encoded.image_error)],
+            "emb_m": list(encoded.m),
+            "emb_t": list(encoded.t),
+            "emb_i": list(encoded.i),
+            "model_version": encoded.model_version,
+        }
+    )
+
+
+def _encode_one(encoder, row: pd.DataFrame, title: str | None, image: bytes | None,
+                uri_error: str | None) -> pd.DataFrame:
+    """Encodes one listing; a listing the encoder rejects gets null vectors and the reason."""
+    try:
+        return _encoded_frame(row, encoder.encode([title], [image]), [uri_error])
+    except ValueError as exc:
+        return pd.DataFrame({
+            "listing_id": row["listing_id"].to_numpy(), "supplier_id": row["supplier_id"].to_numpy(),
+            "updated_at": row["updated_at"].to_numpy(), "is_deleted": False, "has_text": False,
+            "has_image": False, "image_error": [f"not_embeddable: {uri_error or exc}"[:500]],
+            "emb_m": [None], "emb_t": [None], "emb_i": [None], "model_version": encoder.model_version,
+        })
 
 
 # --------------------------------------------------------------------------- pairs
@@ -190,7 +227,7 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
     supplier_id = key[0]
     columns = [c.split()[0] for c in PAIR_OUTPUT_DDL.split(", ")]
     if queries.empty or catalogue.empty:
-        return pd.DataFrame(columns=columns)
+        return _empty_frame(PAIR_OUTPUT_DDL)
     model_version = str(queries["model_version"].iloc[0])
     started = time.monotonic()
     catalogue = catalogue.reset_index(drop=True)
@@ -216,9 +253,10 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
         {
             "kind": "pair",
             "supplier_id": supplier_id,
-            "listing_id_l": left_ids,
-            "listing_id_r": right_ids,
-            "similarity_m": pairs.column("similarity").to_numpy(),
+            # explicit dtype: an empty list would be inferred float64, which Spark cannot cast
+            "listing_id_l": pd.Series(left_ids, dtype=object),
+            "listing_id_r": pd.Series(right_ids, dtype=object),
+            "similarity_m": pairs.column("similarity").to_numpy().astype(np.float32),
             "similarity_t": sim_t,
             "similarity_i": sim_i,
             "model_version": model_version,
@@ -226,9 +264,11 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
         columns=columns,
     )
     if saturated:
-        flagged = pd.DataFrame({"kind": "saturated", "supplier_id": supplier_id,
-                                "listing_id_l": saturated, "model_version": model_version},
-                               columns=columns)
+        flagged = _empty_frame(PAIR_OUTPUT_DDL).reindex(range(len(saturated)))
+        flagged = flagged.assign(kind="saturated", supplier_id=supplier_id,
+                                 listing_id_l=pd.Series(saturated, dtype=object),
+                                 model_version=model_version)
+        flagged[["similarity_m", "similarity_t", "similarity_i"]] = np.nan
         out = pd.concat([out, flagged], ignore_index=True)
     log.info("supplier %s block %s: %d queries x %d catalogue -> %d pairs (%d saturated) in %.2fs",
              supplier_id, key[1], len(queries), len(catalogue), len(left_ids), len(saturated),
@@ -257,7 +297,7 @@ def cluster_supplier_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
     columns = [c.split()[0] for c in GROUP_OUTPUT_DDL.split(", ")]
     if pairs.empty:
-        return pd.DataFrame(columns=columns)
+        return _empty_frame(GROUP_OUTPUT_DDL)
     supplier_id = str(pairs["supplier_id"].iloc[0])
     result = cluster_pairs(
         pairs["listing_id_l"].to_numpy(), pairs["listing_id_r"].to_numpy(),

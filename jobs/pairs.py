@@ -45,7 +45,7 @@ def catalogue_as_of(embeddings, run_date: str):
     return (
         embeddings.filter(F.col("run_date") <= run_date)
         .withColumn("_rank", F.row_number().over(latest))
-        .filter("_rank = 1 AND NOT is_deleted")
+        .filter("_rank = 1 AND NOT is_deleted AND emb_m IS NOT NULL")
         .drop("_rank")
     )
 
@@ -68,10 +68,14 @@ def find_supplier_pairs(queries, catalogue, dedup_config: dict, run_date: str):
     from jobs.executor import PAIR_OUTPUT_DDL, find_block_pairs
 
     block = Window.partitionBy("supplier_id").orderBy("listing_id")
+    # Queries and catalogue both come from the embeddings table; fresh aliases give the query side
+    # new column identities, or Spark finds the cogroup's columns ambiguous.
+    queries = queries.select(*[F.col(c).alias(c) for c in queries.columns])
     blocked = queries.withColumn(
         "query_block", F.floor((F.row_number().over(block) - 1) / int(dedup_config["query_block_size"]))
     ).select("supplier_id", "query_block", "listing_id", "emb_m", "model_version")
-    blocks = blocked.select("supplier_id", "query_block").distinct()
+    blocks = blocked.select(F.col("supplier_id").alias("supplier_id"),
+                            F.col("query_block").alias("query_block")).distinct()
     index = catalogue.join(blocks, on="supplier_id").select(
         "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image"
     )
@@ -102,7 +106,8 @@ def run(ctx: StageContext) -> StageResult:
 
     ensure_tables(ctx.spark, ctx.database, ["embeddings"])
     embeddings = ctx.spark.table(f"{ctx.database}.embeddings")
-    queries = embeddings.filter((F.col("run_date") == ctx.run_date) & ~F.col("is_deleted")).persist()
+    queries = embeddings.filter(
+        (F.col("run_date") == ctx.run_date) & ~F.col("is_deleted") & F.col("emb_m").isNotNull()).persist()
     rows_in = queries.count()
     versions = [r[0] for r in queries.select("model_version").distinct().collect()]
     if len(versions) > 1:

@@ -200,8 +200,12 @@ def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Pa
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"run_date={run_date}"
     staging = Path(tempfile.mkdtemp(prefix=f".run_date={run_date}.", dir=root))
-    for name, text in files.items():
-        (staging / name).write_text(text, encoding="utf-8")
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = None
     if final.exists():
         old = root / f".old-run_date={run_date}.{os.getpid()}"

@@ -79,7 +79,7 @@ def add_helper_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """
     out = frame.copy()
     title_ok = out["title"].fillna("").astype(str).str.strip().str.len() > 0
-    has_bytes = out["image"].notna() if "image" in out else out["_has_image_bytes"].fillna(False).astype(bool)
+    has_bytes = out["image"].notna() if "image" in out else out["_has_image_bytes"].eq(True)
     image_ok = has_bytes | out["image_uri"].fillna("").astype(str).str.strip().ne("")
     out["_title_or_image"] = title_ok | image_ok
     return out

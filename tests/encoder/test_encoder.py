@@ -37,7 +37,8 @@ DIM = 1664
 
 def _jpeg(color: tuple[int, int, int], seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
     rng = np.random.default_rng(seed)
-    arr = np.clip(np.array(color) + rng.integers(-40, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    noise = rng.integers(-40, 40, (size[1], size[0], 3))
+    arr = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -173,7 +174,9 @@ def test_empty_input(encoder: ZeroShotEncoder) -> None:
 # --- determinism and batching ---
 
 
-def test_deterministic(encoder: ZeroShotEncoder, mixed: tuple[list, list], encoded: EncodedListings) -> None:
+def test_deterministic(
+    encoder: ZeroShotEncoder, mixed: tuple[list, list], encoded: EncodedListings
+) -> None:
     again = encoder.encode(*mixed)
     for name in ("m", "t", "i", "has_text", "has_image"):
         np.testing.assert_array_equal(getattr(again, name), getattr(encoded, name), err_msg=name)
@@ -185,7 +188,9 @@ def test_batch_size_does_not_change_vectors(
 ) -> None:
     small = small_batch_encoder.encode(*mixed)
     for name in ("m", "t", "i"):
-        np.testing.assert_allclose(getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name
+        )
     assert small.image_error == encoded.image_error
 
 
@@ -274,7 +279,8 @@ def test_flipped_photo_is_near_identical(encoder: ZeroShotEncoder) -> None:
     path = GROCERY / sorted(classes.items())[0][1][1][0]
     original = path.read_bytes()
     buf = io.BytesIO()
-    Image.open(io.BytesIO(original)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buf, "JPEG", quality=95)
+    flipped = Image.open(io.BytesIO(original)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    flipped.save(buf, "JPEG", quality=95)
     out = encoder.encode([None, None], [original, buf.getvalue()])
     assert float(out.i[0] @ out.i[1]) > 0.9
 
@@ -291,7 +297,9 @@ def test_model_version_stable_across_builds(
     assert small_batch_encoder.model_version == encoder.model_version
 
 
-def test_model_version_changes_with_preprocessing(encoder: ZeroShotEncoder, config: EncoderConfig) -> None:
+def test_model_version_changes_with_preprocessing(
+    encoder: ZeroShotEncoder, config: EncoderConfig
+) -> None:
     base = encoder.model_version
     assert compute_model_version(config) == base
     for change in (
@@ -392,6 +400,7 @@ def test_encoder_refuses_cuda_without_cuda(no_cuda: None) -> None:
 def test_build_encoder_dispatches_through_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     # the later single-stream model plugs in here
     seen: list[EncoderConfig] = []
-    monkeypatch.setitem(model_module._ENCODERS, "zero-shot", lambda cfg, gpus: seen.append(cfg) or "built")
+    fake = lambda cfg, gpus: seen.append(cfg) or "built"  # noqa: E731
+    monkeypatch.setitem(model_module._ENCODERS, "zero-shot", fake)
     assert build_encoder(EncoderConfig(device="cpu")) == "built"
     assert seen and seen[0].kind == "zero-shot"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -43,9 +44,12 @@ def _png_header_only(width: int, height: int) -> bytes:
     )
 
 
-def _rgb_jpeg(width: int = 300, height: int = 200, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+def _rgb_jpeg(
+    width: int = 300, height: int = 200, color: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
     rng = np.random.default_rng(0)
-    arr = np.clip(np.array(color) + rng.integers(-20, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+    noise = rng.integers(-20, 20, (height, width, 3))
+    arr = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
     return _save(Image.fromarray(arr, "RGB"), "JPEG", quality=90)
 
 
@@ -98,6 +102,14 @@ def test_huge_dimensions_are_image_too_large_without_decoding() -> None:
     _assert_rejected(decode_image(_png_header_only(20_000, 20_000), SIZE), "image_too_large")
     # 8000 x 6000 = 48 MP: below PIL's limit, above our default 40 MP.
     _assert_rejected(decode_image(_png_header_only(8_000, 6_000), SIZE), "image_too_large")
+
+
+def test_pil_bomb_warning_as_error_is_image_too_large() -> None:
+    # 10000 x 10000 = 100 MP: PIL warns (above ~89 MP); with warnings as errors it raises.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        result = decode_image(_png_header_only(10_000, 10_000), SIZE, max_pixels=200_000_000)
+    _assert_rejected(result, "image_too_large")
 
 
 def test_max_pixels_parameter_sets_the_limit() -> None:
@@ -230,8 +242,9 @@ def tower() -> ImageTower:
 
 
 def test_feature_map_and_pooled_vectors(tower: ImageTower) -> None:
+    colors = [(200, 30, 30), (30, 30, 200)]
     pixels = torch.stack(
-        [_assert_ok(decode_image(_rgb_jpeg(color=c), 224), 224) for c in [(200, 30, 30), (30, 30, 200)]]
+        [_assert_ok(decode_image(_rgb_jpeg(color=c), 224), 224) for c in colors]
     )  # [2, 3, 224, 224]
     with torch.inference_mode():
         fmap = tower.feature_map(pixels)
@@ -244,7 +257,10 @@ def test_feature_map_and_pooled_vectors(tower: ImageTower) -> None:
 
 
 def test_encode_images_batches_match_single_pass(tower: ImageTower) -> None:
-    images = [_assert_ok(decode_image(_rgb_jpeg(color=(20 * k, 100, 200 - 20 * k)), 224), 224) for k in range(6)]
+    images = [
+        _assert_ok(decode_image(_rgb_jpeg(color=(20 * k, 100, 200 - 20 * k)), 224), 224)
+        for k in range(6)
+    ]
     batched = tower.encode_images(images)  # batch_size 4 -> chunks of 4 and 2
     with torch.inference_mode():
         single = torch.cat([tower(img.unsqueeze(0)) for img in images])

@@ -1,0 +1,44 @@
+# sspr-dedup: `make nightly` runs the nightly DAG on the sample listings, `make test` runs the tests.
+# Both install everything first (a venv in .venv; Python 3.11 and Java 17 must be on PATH).
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+
+export PATH := $(BIN):$(PATH)
+export PYSPARK_PYTHON := $(BIN)/python
+export SPARK_LOCAL_IP := 127.0.0.1
+export AIRFLOW_HOME := $(abspath var/airflow)
+export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export AIRFLOW_CONN_SPARK_DEFAULT := {"conn_type": "spark", "host": "local[*]"}
+export SSPR_CONFIG ?= $(abspath conf/sspr.toml)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TQDM_DISABLE := 1
+
+.PHONY: install nightly test test-fast clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+install: $(VENV)/.installed  ## create .venv and install the project with its test extras
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+nightly: install  ## run the nightly DAG (airflow dags test) over every sample day, then print a summary
+	bin/run-sample-nightly
+
+test: install  ## run the whole test suite (unit, Spark, DAG and end-to-end)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## the tests without the end-to-end DAG run
+	$(BIN)/python -m pytest -m "not e2e"
+
+clean:  ## remove the local warehouse, metastore, Airflow state and reports (var/)
+	rm -rf var

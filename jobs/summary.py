@@ -1,0 +1,100 @@
+"""summary: print what the nightly runs did, from their published reports (no Spark needed).
+
+    python -m jobs.summary --config conf/sspr.toml 2024-03-01 2024-03-02 2024-03-03
+
+For each run date: rows read / validated / quarantined / embedded, pairs and groups; then the
+biggest groups with their titles, and where the warehouse tables and review pages live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from jobs.config import ConfigError, load_config
+
+
+def load_reports(reports_dir: str, run_dates: list[str]) -> list[dict[str, Any]]:
+    """Reads ``report.json`` for each run date.
+
+    Raises:
+        FileNotFoundError: naming the run date whose report is missing (the report task did not run).
+    """
+    reports = []
+    for day in run_dates:
+        path = Path(reports_dir) / f"run_date={day}" / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no report for {day} at {path}: did the DAG's report task run?")
+        reports.append(json.loads(path.read_text()))
+    return reports
+
+
+def _count(report: dict[str, Any], stage: str, key: str) -> int:
+    return int((report["metrics"].get(stage) or {}).get(key) or 0)
+
+
+def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
+    """Renders the summary text.
+
+    Args:
+        reports: report dicts, one per run date.
+        config: the pipeline config (for locations).
+        top: how many of the biggest groups to list.
+
+    Returns:
+        Multi-line text.
+    """
+    header = f"{'run_date':<12}{'read':>7}{'valid':>7}{'quarant.':>9}{'embedded':>9}{'skipped':>8}{'pairs':>7}{'groups':>7}"
+    lines = ["", "sspr-dedup nightly summary", header, "-" * len(header)]
+    for r in reports:
+        lines.append(
+            f"{r['run_date']:<12}{_count(r, 'validate', 'rows_in'):>7}{_count(r, 'validate', 'rows_out'):>7}"
+            f"{_count(r, 'validate', 'rows_quarantined'):>9}{_count(r, 'embed', 'rows_out'):>9}"
+            f"{_count(r, 'embed', 'rows_skipped'):>8}{_count(r, 'pairs', 'rows_out'):>7}{r['groups_total']:>7}"
+        )
+        rules = (r["metrics"].get("validate") or {}).get("details", {}).get("quarantined_by_rule") or {}
+        if rules:
+            lines.append(" " * 12 + "quarantined: " + ", ".join(f"{k}={v}" for k, v in sorted(rules.items())))
+    groups = [g | {"run_date": r["run_date"]} for r in reports for g in r["groups"]]
+    groups.sort(key=lambda g: (-g["size"], g["run_date"], g["group_id"]))
+    lines += ["", f"biggest groups (of {len(groups)}):"]
+    for g in groups[:top]:
+        lines.append(f"  {g['run_date']} {g['supplier_id']} {g['group_id']}: {g['size']} listings, "
+                     f"weakest link {g['weakest_similarity']:.3f}")
+        for m in g["members"][:6]:
+            title = (m["title"] or "(no title)").replace("\n", " ")
+            lines.append(f"      {m['listing_id'][:40]:<40} {title[:70]}")
+    p = config.paths
+    lines += [
+        "",
+        f"warehouse tables: database `{config.warehouse.database}` "
+        f"({', '.join(sorted({t.split('.')[-1] for r in reports[:1] for t in r['warehouse']['tables']}))})",
+        f"  data under {p.warehouse_dir}, Derby metastore under {p.metastore_dir}",
+        f"review pages: {p.reports_dir}/run_date=<date>/review.html",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """Prints the summary for the given run dates; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="pipeline TOML config")
+    parser.add_argument("run_dates", nargs="+", help="run dates (YYYY-MM-DD)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        reports = load_reports(config.paths.reports_dir, args.run_dates)
+    except (ConfigError, FileNotFoundError) as exc:
+        sys.stderr.write(f"summary: {exc}\n")
+        return 2
+    out.write(format_summary(reports, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""DAG integrity: dags/ parses without errors and dedup_nightly has the shape the pipeline relies on.
+
+Airflow is imported only inside the module-scoped fixture, after AIRFLOW_HOME points at a temp dir,
+so the tests never touch a real Airflow home or metadata DB. Nothing here runs a task or Spark.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+DAG_FILE = DAGS / "dedup_nightly.py"
+DAG_ID = "dedup_nightly"
+STAGES = ["validate", "embed", "pairs", "groups", "report"]
+PROJECT_PACKAGES = {"encoder", "dedup", "jobs", "schemas"}
+HEAVY_MODULES = ("torch", "pyspark", "faiss", "encoder", "dedup", "jobs", "schemas")
+
+
+def _airflow_env(home: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in _airflow_env(home).items():
+            mp.setenv(name, value)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_home):
+    from airflow.dag_processing.dagbag import DagBag  # only after AIRFLOW_HOME is set
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    assert DAG_ID in dagbag.dags, f"{DAG_ID} not found; import errors: {dagbag.import_errors}"
+    return dagbag.dags[DAG_ID]  # not get_dag(): that queries the metadata DB
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert dagbag.dags, "no DAGs found in dags/"
+
+
+def test_dag_exists(dagbag):
+    assert DAG_ID in dagbag.dag_ids
+
+
+def test_tags_not_empty(dag):
+    assert dag.tags
+    assert all(isinstance(tag, str) and tag for tag in dag.tags)
+
+
+def test_every_task_retries_at_least_twice(dag):
+    assert dag.tasks
+    for task in dag.tasks:
+        assert task.retries >= 2, task.task_id
+
+
+def test_tasks_are_the_stage_chain(dag):
+    assert sorted(dag.task_ids) == sorted(STAGES)
+    for upstream, downstream in zip(STAGES, STAGES[1:]):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+    assert dag.get_task(STAGES[0]).upstream_task_ids == set()
+    assert dag.get_task(STAGES[-1]).downstream_task_ids == set()
+    assert [t.task_id for t in dag.topological_sort()] == STAGES
+
+
+def test_every_task_submits_its_job_file(dag):
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    for task in dag.tasks:
+        assert isinstance(task, SparkSubmitOperator), task.task_id
+        application = Path(task.application)
+        assert application == REPO / "jobs" / f"{task.task_id}.py", task.task_id
+        assert application.is_file(), application
+
+
+def test_catchup_off_and_one_run_at_a_time(dag):
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def _is_daily_cron(expression: str) -> bool:
+    if expression in ("@daily", "@midnight"):
+        return True
+    fields = expression.split()
+    return len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit() and fields[2:] == ["*", "*", "*"]
+
+
+def test_schedule_is_daily(dag):
+    expression = getattr(dag.timetable, "expression", None) or getattr(dag.timetable, "_expression", None)
+    assert expression is not None, f"not a cron timetable: {dag.timetable!r}"
+    assert _is_daily_cron(expression), expression
+
+
+def test_application_args_pass_the_run_date(dag):
+    for task in dag.tasks:
+        args = list(task.application_args)
+        assert "--run-date" in args, task.task_id
+        assert args[args.index("--run-date") + 1] == "{{ ds }}", task.task_id
+        assert "application_args" in task.template_fields
+
+
+def test_application_args_render(dag):
+    for task in dag.tasks:
+        rendered = task.render_template(
+            task.application_args, {"ds": "2024-03-01", "params": {"min_similarity": None}}
+        )
+        assert rendered[rendered.index("--run-date") + 1] == "2024-03-01", task.task_id
+        assert rendered[rendered.index("--min-similarity") + 1] == "", task.task_id
+        rendered = task.render_template(
+            task.application_args, {"ds": "2024-03-02", "params": {"min_similarity": 0.9}}
+        )
+        assert rendered[rendered.index("--run-date") + 1] == "2024-03-02", task.task_id
+        assert rendered[rendered.index("--min-similarity") + 1] == "0.9", task.task_id
+
+
+def test_dag_import_loads_no_heavy_or_project_modules(tmp_path):
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('dag_under_test', {str(DAG_FILE)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        f"print(json.dumps({{name: name in sys.modules for name in {list(HEAVY_MODULES)!r}}}))\n"
+    )
+    env = {**os.environ, **_airflow_env(tmp_path / "airflow_home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(loaded) == set(HEAVY_MODULES)
+    assert [name for name, present in loaded.items() if present] == []
+
+
+def test_dag_file_imports_nothing_from_the_project():
+    tree = ast.parse(DAG_FILE.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in the DAG file"
+            imported.add((node.module or "").split(".")[0])
+    assert imported, "found no imports at all: the parse is wrong"
+    assert "airflow" in imported
+    assert imported.isdisjoint(PROJECT_PACKAGES), imported & PROJECT_PACKAGES
+    # the same check as a plain grep of the import lines
+    import_lines = [
+        line.strip() for line in DAG_FILE.read_text().splitlines() if line.strip().startswith(("import ", "from "))
+    ]
+    for line in import_lines:
+        module = line.split()[1].split(".")[0]
+        assert module not in PROJECT_PACKAGES, line

@@ -1,0 +1,299 @@
+"""Tests for jobs/config.py: defaults, the shipped TOML, precedence, coercion and error reporting."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from encoder.config import EncoderConfig
+from jobs.config import ConfigError, PipelineConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "conf" / "sspr.toml"
+
+
+def _write(tmp_path: Path, text: str, name: str = "conf.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- defaults and the shipped file ---------------------------------------------------------------
+
+
+def test_defaults_load_without_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, environ={})
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.dedup.min_similarity == 0.88
+    assert cfg.dedup.backend == "faiss"
+    assert cfg.spark.shuffle_partitions == 8
+    assert cfg.spark.conf == {}
+    assert cfg.encoder == EncoderConfig()
+    assert cfg.warehouse.database == "dedup"
+    # default relative paths resolve against the working directory
+    assert cfg.paths.listings_root == str((tmp_path / "examples" / "listings").resolve())
+    assert Path(cfg.paths.warehouse_dir).is_absolute()
+
+
+def test_shipped_config_loads_and_paths_resolve_against_conf_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a different cwd must not change where the paths point
+    cfg = load_config(SHIPPED, environ={})
+    listings = Path(cfg.paths.listings_root)
+    assert listings.is_absolute()
+    assert listings.parts[-2:] == ("examples", "listings")
+    assert listings == (REPO / "examples" / "listings").resolve()
+    for name in ("warehouse_dir", "metastore_dir", "reports_dir", "runs_dir"):
+        value = Path(getattr(cfg.paths, name))
+        assert value.is_absolute(), name
+        assert value.parent == (REPO / "var").resolve(), name
+        assert not str(value).startswith(str(tmp_path)), name
+    assert cfg.spark.shuffle_partitions == 2
+    assert cfg.encoder.num_threads == 1
+    assert cfg.dedup.min_similarity == 0.88
+
+
+def test_shipped_config_same_result_from_any_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    here = load_config(SHIPPED, environ={})
+    monkeypatch.chdir(tmp_path)
+    there = load_config(SHIPPED, environ={})
+    assert here == there
+
+
+def test_relative_config_path_resolves_against_file_dir(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "a" / "conf"
+    conf_dir.mkdir(parents=True)
+    _write(conf_dir, '[paths]\nlistings_root = "../data/in"\nreports_dir = "/abs/reports"\n')
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = load_config("conf/conf.toml", environ={})
+    assert cfg.paths.listings_root == str((tmp_path / "a" / "data" / "in").resolve())
+    assert cfg.paths.reports_dir == "/abs/reports"
+
+
+def test_url_paths_are_left_untouched(tmp_path):
+    path = _write(tmp_path, '[paths]\nwarehouse_dir = "s3a://bucket/warehouse"\n')
+    cfg = load_config(path, environ={})
+    assert cfg.paths.warehouse_dir == "s3a://bucket/warehouse"
+
+
+# --- precedence -----------------------------------------------------------------------------------
+
+
+def test_precedence_file_env_override(tmp_path):
+    path = _write(tmp_path, "[dedup]\nmin_similarity = 0.5\n")
+    assert load_config(path, environ={}).dedup.min_similarity == 0.5
+    env = {"SSPR__DEDUP__MIN_SIMILARITY": "0.6"}
+    assert load_config(path, environ=env).dedup.min_similarity == 0.6
+    cfg = load_config(path, overrides={"dedup.min_similarity": "0.7"}, environ=env)
+    assert cfg.dedup.min_similarity == 0.7
+    # a layer only wins for the key it sets
+    cfg = load_config(path, overrides={"dedup.max_results_per_query": "7"}, environ=env)
+    assert cfg.dedup.min_similarity == 0.6
+    assert cfg.dedup.max_results_per_query == 7
+
+
+def test_env_is_read_from_os_environ_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSPR__DEDUP__MIN_SIMILARITY", "0.42")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None).dedup.min_similarity == 0.42
+
+
+def test_unrelated_env_vars_are_ignored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, environ={"SSPR_CONFIG": "x", "PATH": "/bin", "DEDUP__MIN_SIMILARITY": "9"})
+    assert cfg.dedup.min_similarity == 0.88
+
+
+def test_env_path_resolves_against_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(SHIPPED, environ={"SSPR__PATHS__REPORTS_DIR": "out/reports"})
+    assert cfg.paths.reports_dir == str((tmp_path / "out" / "reports").resolve())
+
+
+# --- coercion -------------------------------------------------------------------------------------
+
+
+def test_string_coercion_from_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        None,
+        overrides={
+            "spark.shuffle_partitions": "16",
+            "spark.executor_gpus": "0.5",
+            "validation.fail_on_empty_day": "true",
+            "spark.conf": '{"spark.executor.memory": "2g", "spark.foo": 3}',
+            "encoder.batch_size": "8",
+            "dedup.min_similarity": "0.9",
+        },
+        environ={},
+    )
+    assert cfg.spark.shuffle_partitions == 16 and type(cfg.spark.shuffle_partitions) is int
+    assert cfg.spark.executor_gpus == 0.5 and type(cfg.spark.executor_gpus) is float
+    assert cfg.validation.fail_on_empty_day is True
+    assert cfg.spark.conf == {"spark.executor.memory": "2g", "spark.foo": "3"}
+    assert cfg.encoder.batch_size == 8 and type(cfg.encoder.batch_size) is int
+    assert cfg.dedup.min_similarity == 0.9 and type(cfg.dedup.min_similarity) is float
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("false", False), ("TRUE", True), ("False", False), ("1", True), ("0", False)],
+)
+def test_bool_strings(text, expected):
+    cfg = load_config(None, environ={"SSPR__VALIDATION__FAIL_ON_EMPTY_DAY": text})
+    assert cfg.validation.fail_on_empty_day is expected
+
+
+def test_toml_native_types_and_spark_conf_table(tmp_path):
+    path = _write(
+        tmp_path,
+        "[validation]\nfail_on_empty_day = true\n"
+        '[spark]\nshuffle_partitions = 4\nexecutor_gpus = 1\n[spark.conf]\n"spark.a" = "x"\n"spark.b" = 2\n',
+    )
+    cfg = load_config(path, environ={})
+    assert cfg.validation.fail_on_empty_day is True
+    assert cfg.spark.shuffle_partitions == 4
+    assert cfg.spark.executor_gpus == 1.0 and type(cfg.spark.executor_gpus) is float
+    assert cfg.spark.conf == {"spark.a": "x", "spark.b": "2"}
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"nosuch.key": "1"}, "unknown section [nosuch]"),
+        ({"dedup.nosuch": "1"}, "dedup.nosuch is not a known key"),
+        ({"spark.shuffle_partitions": "many"}, "expected an integer"),
+        ({"dedup.min_similarity": "high"}, "expected a number"),
+        ({"validation.fail_on_empty_day": "maybe"}, "expected true/false"),
+        ({"spark.conf": "not json"}, "expected a JSON object"),
+        ({"spark.conf": "[1, 2]"}, "expected a table"),
+        ({"dedup.min_similarity": "2"}, "min_similarity=2.0 must be in [-1, 1]"),
+        ({"dedup.backend": "annoy"}, "dedup.backend='annoy'"),
+        ({"dedup.max_results_per_query": "0"}, "max_results_per_query must be >= 1"),
+        ({"encoder.batch_size": "0"}, "encoder.batch_size=0"),
+        ({"encoder.device": "tpu"}, "encoder.device='tpu'"),
+        ({"encoder.kind": "clip"}, "encoder.kind='clip'"),
+        ({"minsimilarity": "0.5"}, "expected section.key=value"),
+    ],
+)
+def test_invalid_values_raise_config_error(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides=overrides, environ={})
+    assert fragment in str(info.value)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_malformed_env_name_is_reported():
+    with pytest.raises(ConfigError, match="SSPR__MIN_SIMILARITY"):
+        load_config(None, environ={"SSPR__MIN_SIMILARITY": "0.5"})
+
+
+def test_one_error_lists_every_parse_problem(tmp_path):
+    path = _write(
+        tmp_path,
+        "[bogus]\nx = 1\n[dedup]\nmin_simil = 0.5\n[spark]\nshuffle_partitions = \"lots\"\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides={"encoder.colour": "red"}, environ={"SSPR__DEDUP__MAX_RESULTS_PER_QUERY": "x"})
+    message = str(info.value)
+    assert "unknown section [bogus]" in message
+    assert "dedup.min_simil is not a known key" in message
+    assert "spark.shuffle_partitions: expected an integer" in message
+    assert "encoder.colour is not a known key" in message
+    assert "env: dedup.max_results_per_query: expected an integer" in message
+    assert str(path) in message  # the file is named as the origin of its problems
+    assert message.count("\n  - ") == 5
+
+
+def test_one_error_lists_every_invalid_value():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None,
+            overrides={"dedup.min_similarity": "2", "dedup.query_block_size": "0", "encoder.batch_size": "0"},
+            environ={},
+        )
+    message = str(info.value)
+    assert "min_similarity=2.0 must be in [-1, 1]" in message
+    assert "query_block_size must be >= 1" in message
+    assert "encoder.batch_size=0" in message
+
+
+def test_one_error_lists_unknown_keys_and_invalid_values_together():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides={"dedup.nosuch": "1", "dedup.min_similarity": "2"}, environ={})
+    message = str(info.value)
+    assert "dedup.nosuch is not a known key" in message
+    assert "min_similarity=2.0 must be in [-1, 1]" in message
+
+
+def test_float_in_toml_for_int_key_is_rejected(tmp_path):
+    path = _write(tmp_path, "[encoder]\nbatch_size = 3.7\n")
+    with pytest.raises(ConfigError, match="encoder.batch_size"):
+        load_config(path, environ={})
+
+
+def test_string_in_toml_for_str_key_only(tmp_path):
+    path = _write(tmp_path, "[warehouse]\ndatabase = 5\n")
+    with pytest.raises(ConfigError, match="warehouse.database: expected a string"):
+        load_config(path, environ={})
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "sspr.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing, environ={})
+    assert str(missing) in str(info.value)
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    path = _write(tmp_path, "[dedup\nmin_similarity = \n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(path) in str(info.value)
+    assert "not valid TOML" in str(info.value)
+
+
+def test_section_that_is_not_a_table(tmp_path):
+    path = _write(tmp_path, 'dedup = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[dedup\] must be a table"):
+        load_config(path, environ={})
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def test_to_json_round_trips():
+    cfg = load_config(
+        SHIPPED, overrides={"spark.conf": '{"spark.a": "b"}', "dedup.min_similarity": "0.9"}, environ={}
+    )
+    data = json.loads(cfg.to_json())
+    assert data == cfg.to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(PipelineConfig)}
+    assert data["dedup"]["min_similarity"] == 0.9
+    assert data["spark"]["conf"] == {"spark.a": "b"}
+    assert data["encoder"]["batch_size"] == 32
+    rebuilt = PipelineConfig(
+        paths=type(cfg.paths)(**data["paths"]),
+        warehouse=type(cfg.warehouse)(**data["warehouse"]),
+        spark=type(cfg.spark)(**data["spark"]),
+        validation=type(cfg.validation)(**data["validation"]),
+        encoder=EncoderConfig(**data["encoder"]),
+        dedup=type(cfg.dedup)(**data["dedup"]),
+    )
+    assert rebuilt == cfg
+
+
+def test_config_is_frozen():
+    cfg = load_config(None, environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.dedup.min_similarity = 0.1  # type: ignore[misc]

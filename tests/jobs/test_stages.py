@@ -1,0 +1,226 @@
+"""The Spark stages on a local session: validate, pairs, groups on small hand-made inputs.
+
+Inputs here are synthetic (they test the stages' logic, not match quality); vectors are built by
+hand so that which listings pair is known exactly. The real encoder runs in ``test_embed_stage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.stage import StageContext
+from schemas.tables import LISTINGS, TABLES
+
+pytestmark = pytest.mark.spark
+
+UTC = dt.timezone.utc
+
+
+def _ctx(spark, config, stage: str, run_date: str) -> StageContext:
+    return StageContext(stage=stage, run_date=run_date, config=config, spark=spark,
+                        args=argparse.Namespace())
+
+
+def _listing(listing_id, supplier_id="s1", title="t", image=None, hour=1, deleted=False, **extra):
+    row = {name: None for name in LISTINGS.names}
+    row.update(listing_id=listing_id, supplier_id=supplier_id, title=title, image=image,
+               updated_at=dt.datetime(2024, 1, 1, hour, tzinfo=UTC), is_deleted=deleted, **extra)
+    return row
+
+
+def _write_day(root: Path, day: str, rows: list[dict], name="part-0.parquet") -> None:
+    folder = root / f"dt={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=LISTINGS), folder / name)
+
+
+def _table_rows(config, table: str, run_date: str) -> pa.Table:
+    """Reads a table's partition straight from its Parquet files (what any reader sees)."""
+    path = Path(config.paths.warehouse_dir) / f"{config.warehouse.database}.db" / table
+    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    return dataset.to_table(filter=ds.field("run_date") == run_date)
+
+
+def _check_contract(config, table: str, run_date: str) -> pa.Table:
+    data = _table_rows(config, table, run_date)
+    spec = TABLES[table]
+    for field in spec.schema:
+        if field.name in spec.partition_by:
+            continue
+        assert data.schema.field(field.name).type == field.type, (table, field.name)
+    assert set(data.schema.names) == set(spec.schema.names), table
+    return data
+
+
+def test_validate_quarantines_with_rule_names_and_accounts_for_every_row(spark, pipeline_config):
+    from jobs import validate
+
+    day = "2024-01-01"
+    rows = [
+        _listing("a", title="ok"),
+        _listing("b", supplier_id=None),
+        _listing("c", title="   "),  # blank title, no image
+        _listing("d", title="   ", image=b"\xff\xd8 not really a jpeg"),  # image present: valid here
+        _listing("e", hour=1, price=1.0),
+        _listing("e", hour=5, price=2.0),  # newer duplicate wins
+        _listing(" ", title="x"),
+    ]
+    _write_day(Path(pipeline_config.paths.listings_root), day, rows)
+    result = validate.run(_ctx(spark, pipeline_config, "validate", day))
+
+    assert result.rows_in == len(rows)
+    assert result.rows_in == result.rows_out + result.rows_quarantined
+    quarantine = _check_contract(pipeline_config, "quarantine", day).to_pylist()
+    rules = sorted((r["listing_id"], r["rule"]) for r in quarantine)
+    assert rules == [(" ", "listing_id_not_blank"), ("b", "supplier_id_not_null"),
+                     ("c", "title_or_image_present"), ("e", "listing_id_unique")]
+    kept = _check_contract(pipeline_config, "listings", day).to_pylist()
+    assert sorted(r["listing_id"] for r in kept) == ["a", "d", "e"]
+    assert [r["price"] for r in kept if r["listing_id"] == "e"] == [2.0]
+    assert result.details["quarantined_by_rule"]["listing_id_unique"] == 1
+
+
+def test_validate_rejects_a_file_missing_a_required_column(spark, pipeline_config, tmp_path):
+    from jobs import validate
+    from jobs.errors import DedupError
+
+    folder = tmp_path / "dt=2024-01-09"
+    folder.mkdir()
+    pq.write_table(pa.table({"listing_id": ["x"], "title": ["t"]}), folder / "bad.parquet")
+    with pytest.raises(DedupError, match="required column 'supplier_id' is missing"):
+        validate.check_file_schemas(validate.list_day_files(str(tmp_path), "2024-01-09"))
+
+
+def test_validate_empty_day_succeeds_with_zero_rows(spark, pipeline_config):
+    from jobs import validate
+
+    result = validate.run(_ctx(spark, pipeline_config, "validate", "2023-12-31"))
+    assert (result.rows_in, result.rows_out) == (0, 0)
+    assert result.details["empty_day"] is True
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def _embedding(listing_id, supplier_id, vector, run_date, image=None, deleted=False, version="v1"):
+    return {
+        "listing_id": listing_id, "supplier_id": supplier_id,
+        "updated_at": dt.datetime(2024, 1, 1, tzinfo=UTC), "is_deleted": deleted,
+        "has_text": not deleted, "has_image": image is not None,
+        "image_error": None,
+        "emb_m": None if deleted else _unit(vector),
+        "emb_t": None if deleted else _unit(vector),
+        "emb_i": None if deleted else (_unit(image) if image is not None else [0.0] * len(vector)),
+        "model_version": None if deleted else version, "run_date": run_date,
+    }
+
+
+def _write_embeddings(spark, config, run_date, rows):
+    from jobs.warehouse import replace_partition
+    from schemas.tables import EMBEDDINGS, to_ddl
+
+    df = spark.createDataFrame(rows, schema=to_ddl(EMBEDDINGS))
+    replace_partition(spark, df, config.warehouse.database, "embeddings", {"run_date": run_date})
+
+
+def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_config):
+    from jobs import groups, pairs
+
+    d1, d2 = "2024-02-01", "2024-02-02"
+    _write_embeddings(spark, pipeline_config, d1, [
+        _embedding("old-a", "s1", [1, 0, 0, 0], d1, image=[1, 1, 0, 0]),
+        _embedding("old-gone", "s1", [0, 1, 0, 0], d1),
+        _embedding("other-supplier", "s2", [1, 0, 0, 0], d1),
+    ])
+    _write_embeddings(spark, pipeline_config, d2, [
+        _embedding("new-a", "s1", [1, 0.05, 0, 0], d2, image=[1, 0.9, 0, 0]),   # near old-a
+        _embedding("new-a2", "s1", [1, 0.1, 0, 0], d2),                        # near both, no image
+        _embedding("new-b", "s1", [0, 0, 1, 0], d2),                          # alone
+        _embedding("old-gone", "s1", [0, 1, 0, 0], d2, deleted=True),         # leaves the catalogue
+        _embedding("new-gone-twin", "s1", [0, 1, 0.01, 0], d2),               # its twin was deleted
+    ])
+    config = pipeline_config
+    result = pairs.run(_ctx(spark, config, "pairs", d2))
+    found = _check_contract(config, "pairs", d2).to_pylist()
+    got = sorted((p["listing_id_l"], p["listing_id_r"]) for p in found)
+    assert got == [("new-a", "new-a2"), ("new-a", "old-a"), ("new-a2", "old-a")]
+    assert all(p["supplier_id"] == "s1" for p in found)
+    by_pair = {(p["listing_id_l"], p["listing_id_r"]): p for p in found}
+    assert by_pair[("new-a", "old-a")]["similarity_i"] == pytest.approx(
+        float(np.dot(_unit([1, 0.9, 0, 0]), _unit([1, 1, 0, 0]))), abs=1e-5)
+    assert by_pair[("new-a", "new-a2")]["similarity_i"] is None  # new-a2 has no image
+    assert result.rows_in == 4 and result.rows_out == 3
+
+    result = groups.run(_ctx(spark, config, "groups", d2))
+    grouped = _check_contract(config, "groups", d2).to_pylist()
+    members = _check_contract(config, "group_members", d2).to_pylist()
+    assert len(grouped) == 1 and grouped[0]["size"] == 3
+    assert sorted((m["listing_id"], m["is_new"]) for m in members) == [
+        ("new-a", True), ("new-a2", True), ("old-a", False)]
+    weakest = min(p["similarity_m"] for p in found)
+    assert grouped[0]["weakest_similarity"] >= weakest - 1e-6
+
+    # Rerunning a date replaces its partitions: same rows, no duplicates.
+    pairs.run(_ctx(spark, config, "pairs", d2))
+    groups.run(_ctx(spark, config, "groups", d2))
+    assert sorted((p["listing_id_l"], p["listing_id_r"]) for p in _table_rows(config, "pairs", d2).to_pylist()) == got
+    assert len(_table_rows(config, "group_members", d2)) == 3
+
+
+def test_pairs_rerun_with_higher_threshold_drops_the_old_partition_rows(spark, pipeline_config):
+    import dataclasses
+
+    from jobs import pairs
+
+    d = "2024-03-05"
+    _write_embeddings(spark, pipeline_config, d, [
+        _embedding("x1", "s9", [1, 0, 0], d), _embedding("x2", "s9", [1, 0.3, 0], d)])
+    pairs.run(_ctx(spark, pipeline_config, "pairs", d))
+    assert len(_table_rows(pipeline_config, "pairs", d)) == 1
+    strict = dataclasses.replace(pipeline_config,
+                                 dedup=dataclasses.replace(pipeline_config.dedup, min_similarity=0.99))
+    pairs.run(_ctx(spark, strict, "pairs", d))
+    assert len(_table_rows(pipeline_config, "pairs", d)) == 0
+
+
+def test_embed_stage_with_the_real_encoder(spark, pipeline_config):
+    """Real MiniLM + EfficientNet weights inside Spark workers; a corrupt image falls back to text."""
+    import io
+
+    from PIL import Image
+
+    from jobs import embed, validate
+
+    day = "2024-01-20"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="JPEG")
+    rows = [
+        _listing("p1", title="apple iphone 12 64gb black"),
+        _listing("p2", title="red mug", image=buffer.getvalue()),
+        _listing("p3", title="garden hose 50ft", image=b"corrupt bytes"),
+        _listing("p4", title="to delete", deleted=True),
+    ]
+    _write_day(Path(pipeline_config.paths.listings_root), day, rows)
+    validate.run(_ctx(spark, pipeline_config, "validate", day))
+    result = embed.run(_ctx(spark, pipeline_config, "embed", day))
+    assert (result.rows_in, result.rows_out, result.rows_skipped) == (4, 3, 1)
+    table = {r["listing_id"]: r for r in _check_contract(pipeline_config, "embeddings", day).to_pylist()}
+    assert table["p4"]["is_deleted"] and table["p4"]["emb_m"] is None
+    assert table["p2"]["has_image"] and not table["p1"]["has_image"]
+    assert not table["p3"]["has_image"] and table["p3"]["image_error"]
+    for listing_id in ("p1", "p2", "p3"):
+        m = np.asarray(table[listing_id]["emb_m"])
+        assert abs(np.linalg.norm(m) - 1) < 1e-4
+    assert len({table[k]["model_version"] for k in ("p1", "p2", "p3")}) == 1
+    assert json.loads(json.dumps(result.details))["image_errors"] == 1
