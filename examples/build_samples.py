@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from schemas.tables import LISTINGS
+
 LOG = logging.getLogger("build_samples")
 
 SEED = 20240301
@@ -61,23 +63,8 @@ JPEG_QUALITY = 85
 MAX_TOTAL_BYTES = 5 * 1024 * 1024
 """Budget for everything under ``examples/``."""
 
-LISTINGS_SCHEMA = pa.schema(
-    [
-        pa.field("listing_id", pa.string()),
-        pa.field("supplier_id", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("description", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("brand", pa.string()),
-        pa.field("price", pa.float64()),
-        pa.field("currency", pa.string()),
-        pa.field("image", pa.binary()),
-        pa.field("image_uri", pa.string()),
-        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-        pa.field("is_deleted", pa.bool_()),
-    ]
-)
-"""The listings input contract, column order included (same as ``schemas.tables.LISTINGS``)."""
+LISTINGS_SCHEMA = LISTINGS
+"""The listings input contract, column order included (``schemas.tables.LISTINGS``)."""
 
 GOOGLE_ID = re.compile(r"^http://www\.google\.com/base/feeds/snippets/(\d+)$")
 

@@ -32,6 +32,9 @@ def spark_conf(config: PipelineConfig) -> dict[str, str]:
         "spark.sql.warehouse.dir": config.paths.warehouse_dir,
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.session.timeZone": "UTC",
+        # Spark's default INT96 timestamps read back as naive nanoseconds outside Spark; the
+        # contract says timestamp[us, tz=UTC].
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.spark.arrow_batch_rows),

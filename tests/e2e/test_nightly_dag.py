@@ -27,6 +27,12 @@ DAYS = sorted(p.name.removeprefix("dt=") for p in (EXAMPLES / "listings").glob("
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+# Measured with the zero-shot encoder at the shipped dedup.min_similarity (0.88) on the samples:
+# co-grouped pair recall 0.34 (62 of 182 true pairs), precision 0.74. Floors leave room for float
+# noise; a broken encoder, threshold or grouping lands far below them.
+RECALL_FLOOR = 0.25
+PRECISION_FLOOR = 0.60
+
 
 def _airflow(env: dict[str, str], *args: str, log: Path) -> None:
     airflow = str(Path(sys.executable).parent / "airflow")
@@ -125,7 +131,8 @@ def test_known_duplicates_are_grouped(nightly):
     assert recall >= RECALL_FLOOR, f"recall {recall:.3f} ({len(found)}/{len(truth)})"
     assert precision >= PRECISION_FLOOR, f"precision {precision:.3f} ({len(found)}/{len(grouped)})"
     suppliers = {m["supplier_id"] for m in _table(warehouse, "group_members")}
-    assert {"google-products", "buy"} <= suppliers
+    assert {"google-products", "buy"} <= suppliers  # text duplicates
+    assert suppliers & {"grocer-north", "grocer-south"}  # image duplicates (identical titles)
     # groups never cross suppliers
     for g in _table(warehouse, "groups"):
         assert g["size"] >= 2
