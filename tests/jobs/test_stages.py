@@ -224,3 +224,19 @@ def test_embed_stage_with_the_real_encoder(spark, pipeline_config):
         assert abs(np.linalg.norm(m) - 1) < 1e-4
     assert len({table[k]["model_version"] for k in ("p1", "p2", "p3")}) == 1
     assert json.loads(json.dumps(result.details))["image_errors"] == 1
+
+
+def test_run_metrics_row_is_replaced_per_stage_and_matches_contract(spark, pipeline_config):
+    from jobs.stage import StageResult, record_metrics
+
+    day = "2024-01-30"
+    ctx = _ctx(spark, pipeline_config, "validate", day)
+    record_metrics(ctx, StageResult(5, 3, rows_quarantined=2, details={"files": 1}), 1.5)
+    record_metrics(ctx, StageResult(7, 7, details={"files": 2}), 2.5)  # a rerun replaces the row
+    record_metrics(_ctx(spark, pipeline_config, "embed", day), StageResult(7, 6, rows_skipped=1), 3.0)
+    rows = _check_contract(pipeline_config, "run_metrics", day).to_pylist()
+    by_stage = {r["stage"]: r for r in rows}
+    assert len(rows) == 2
+    assert (by_stage["validate"]["rows_in"], by_stage["validate"]["rows_quarantined"]) == (7, 0)
+    assert json.loads(by_stage["validate"]["details"]) == {"files": 2}
+    assert by_stage["embed"]["rows_skipped"] == 1
