@@ -2,6 +2,9 @@
 
 Pure PyTorch. No Spark, no IO: callers pass titles and raw image bytes.
 
+The config is imported eagerly (it is plain dataclasses); everything that needs torch is imported
+on first use, so reading a pipeline config does not pay for a torch import.
+
 Example:
     >>> from encoder import EncoderConfig, build_encoder
     >>> enc = build_encoder(EncoderConfig(device="cpu"))
@@ -10,24 +13,25 @@ Example:
     (1, 1664)
 """
 
-from encoder.config import ENCODER_KINDS, EncoderConfig
-from encoder.image import IMAGE_ERRORS, decode_image
-from encoder.model import (
-    EncodedListings,
-    ListingEncoder,
-    ZeroShotEncoder,
-    build_encoder,
-    resolve_device,
-)
+import importlib
 
-__all__ = [
-    "ENCODER_KINDS",
-    "IMAGE_ERRORS",
-    "EncodedListings",
-    "EncoderConfig",
-    "ListingEncoder",
-    "ZeroShotEncoder",
-    "build_encoder",
-    "decode_image",
-    "resolve_device",
-]
+from encoder.config import ENCODER_KINDS, EncoderConfig
+
+_LAZY = {
+    "IMAGE_ERRORS": "encoder.image",
+    "decode_image": "encoder.image",
+    "EncodedListings": "encoder.model",
+    "ListingEncoder": "encoder.model",
+    "ZeroShotEncoder": "encoder.model",
+    "build_encoder": "encoder.model",
+    "resolve_device": "encoder.model",
+}
+
+__all__ = ["ENCODER_KINDS", "EncoderConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Imports the torch-backed parts of the package on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'encoder' has no attribute {name!r}")
