@@ -196,7 +196,8 @@ def _stack(column: pd.Series) -> np.ndarray:
 def _modality_similarity(vectors: np.ndarray, present: np.ndarray, left: np.ndarray,
                          right: np.ndarray) -> np.ndarray:
     """Cosine of the two sides' vectors of one modality; NaN where either side lacks it."""
-    sims = np.einsum("nd,nd->n", vectors[left], vectors[right]).astype(np.float32)  # [n_pairs]
+    sims = np.einsum("nd,nd->n", vectors[left], vectors[right])  # [n_pairs]
+    sims = np.clip(sims, -1.0, 1.0).astype(np.float32)  # float rounding can give 1.0000001
     sims[~(present[left] & present[right])] = np.nan
     return sims
 
@@ -256,7 +257,7 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
             # explicit dtype: an empty list would be inferred float64, which Spark cannot cast
             "listing_id_l": pd.Series(left_ids, dtype=object),
             "listing_id_r": pd.Series(right_ids, dtype=object),
-            "similarity_m": pairs.column("similarity").to_numpy().astype(np.float32),
+            "similarity_m": np.clip(pairs.column("similarity").to_numpy(), -1.0, 1.0).astype(np.float32),
             "similarity_t": sim_t,
             "similarity_i": sim_i,
             "model_version": model_version,

@@ -240,3 +240,23 @@ def test_run_metrics_row_is_replaced_per_stage_and_matches_contract(spark, pipel
     assert (by_stage["validate"]["rows_in"], by_stage["validate"]["rows_quarantined"]) == (7, 0)
     assert json.loads(by_stage["validate"]["details"]) == {"files": 2}
     assert by_stage["embed"]["rows_skipped"] == 1
+
+
+def test_pair_similarities_stay_within_unit_range():
+    import pandas as pd
+
+    from jobs.executor import find_block_pairs
+
+    # This seeded unit vector's float32 self-similarity rounds to 1.0000001 (checked below), so the
+    # stage must clip it into the contract's [-1, 1].
+    raw = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    raw = raw / np.linalg.norm(raw)
+    assert np.einsum("d,d->", raw, raw) > 1.0
+    v = raw.tolist()
+    queries = pd.DataFrame({"listing_id": ["a", "b"], "emb_m": [v, v], "model_version": "v"})
+    catalogue = queries.assign(emb_t=[v, v], emb_i=[v, v], has_text=True, has_image=True)
+    out = find_block_pairs(("s", 0), queries, catalogue, {
+        "min_similarity": 0.5, "max_results_per_query": 5, "backend": "faiss", "device": "cpu"})
+    assert len(out) == 1
+    for column in ("similarity_m", "similarity_t", "similarity_i"):
+        assert -1.0 <= out[column].iloc[0] <= 1.0
