@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 log = logging.getLogger(__name__)
+# py4j logs at INFO from __del__ at interpreter exit, after pytest closed its capture stream.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
