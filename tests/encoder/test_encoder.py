@@ -12,7 +12,6 @@ import io
 import random
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,10 +26,10 @@ from encoder import (
     build_encoder,
     resolve_device,
 )
-from encoder import model as model_module
 from encoder.model import _ENCODERS, _files_digest, compute_model_version
 
-GROCERY = Path("/work/shared/datasets/grocery_store_packages")
+# ../shared/datasets beside the checkout (CI has it; a user's clone may not)
+GROCERY = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery_store_packages"
 TEXT_DIM = 384
 DIM = 1664
 
@@ -146,17 +145,13 @@ def test_fused_similarity_is_mean_of_text_and_image_similarity(encoded: EncodedL
 
 
 def test_fusion_weights_follow_the_documented_formula() -> None:
-    rng = np.random.default_rng(7)
-    t = np.zeros((2, DIM), dtype=np.float32)
-    i = np.zeros((2, DIM), dtype=np.float32)
-    t[:, :TEXT_DIM] = rng.normal(size=(2, TEXT_DIM))
-    i[:, TEXT_DIM:] = rng.normal(size=(2, DIM - TEXT_DIM))
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
-    i /= np.linalg.norm(i, axis=1, keepdims=True)
-    fake = SimpleNamespace(config=EncoderConfig(text_weight=1.0, image_weight=2.0))
-    m = ZeroShotEncoder._fuse(fake, t, i)  # type: ignore[arg-type]
-    expected = (1.0 * float(t[0] @ t[1]) + 4.0 * float(i[0] @ i[1])) / 5.0
-    assert float(m[0] @ m[1]) == pytest.approx(expected, abs=1e-5)
+    # A real encoder with unequal weights: cos(m) = (w_t^2 cos_t + w_i^2 cos_i) / (w_t^2 + w_i^2).
+    weighted = build_encoder(EncoderConfig(device="cpu", text_weight=1.0, image_weight=2.0))
+    titles = ["red ceramic mug 350ml", "ceramic mug red"]
+    images = [_jpeg((200, 30, 30), 1), _jpeg((190, 40, 30), 7)]
+    out = weighted.encode(titles, images)
+    expected = (1.0 * float(out.t[0] @ out.t[1]) + 4.0 * float(out.i[0] @ out.i[1])) / 5.0
+    assert float(out.m[0] @ out.m[1]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_titles_are_stripped(encoder: ZeroShotEncoder) -> None:
@@ -397,10 +392,7 @@ def test_encoder_refuses_cuda_without_cuda(no_cuda: None) -> None:
         build_encoder(EncoderConfig(device="cuda"))
 
 
-def test_build_encoder_dispatches_through_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the later single-stream model plugs in here
-    seen: list[EncoderConfig] = []
-    fake = lambda cfg, gpus: seen.append(cfg) or "built"  # noqa: E731
-    monkeypatch.setitem(model_module._ENCODERS, "zero-shot", fake)
-    assert build_encoder(EncoderConfig(device="cpu")) == "built"
-    assert seen and seen[0].kind == "zero-shot"
+def test_build_encoder_builds_the_configured_kind(encoder: ZeroShotEncoder) -> None:
+    # the `encoder` fixture comes from build_encoder; the later single-stream model plugs in here
+    assert type(encoder) is ZeroShotEncoder
+    assert encoder.config.kind == "zero-shot"
