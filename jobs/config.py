@@ -123,12 +123,8 @@ class PipelineConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}
-
-
-def _section_types() -> dict[str, type]:
-    hints = typing.get_type_hints(PipelineConfig)
-    return {name: hints[name] for name in _SECTIONS}
+_SECTION_TYPES: dict[str, type] = typing.get_type_hints(PipelineConfig)
+"""Section name -> its dataclass, e.g. ``"dedup" -> DedupConfig``."""
 
 
 def _coerce(value: Any, target: Any, where: str) -> Any:
@@ -189,7 +185,7 @@ def _apply(
     problems: list[str],
 ) -> None:
     """Merges one layer of ``{section: {key: value}}`` into ``layers`` with type checks."""
-    section_types = _section_types()
+    section_types = _SECTION_TYPES
     for section, values in raw.items():
         if section not in section_types:
             problems.append(f"{origin}: unknown section [{section}]; known: {sorted(section_types)}")
@@ -270,7 +266,7 @@ def load_config(
         flag_layer.setdefault(section, {})[key] = value
     _apply(layers, flag_layer, "flag", cwd, problems)
 
-    section_types = _section_types()
+    section_types = _SECTION_TYPES
     sections = {}
     for name, cls in section_types.items():
         try:

@@ -20,7 +20,7 @@ import logging
 import sys
 
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.tables import EMBEDDINGS, to_ddl
+from schemas.tables import EMBEDDINGS, TABLES, to_ddl
 
 log = logging.getLogger(__name__)
 STAGE = "embed"
@@ -39,7 +39,7 @@ def embed_listings(listings, encoder_config: dict, partitions: int):
     """
     from jobs.executor import embed_batches
 
-    columns = [c for c in EMBEDDINGS.names if c != "run_date"]
+    columns = TABLES["embeddings"].data_columns
     live = listings.filter("NOT is_deleted").select(
         "listing_id", "supplier_id", "updated_at", "title", "image", "image_uri"
     )
@@ -52,7 +52,7 @@ def tombstones(listings):
     """Returns embedding rows (no vectors) for deleted listings, so they leave the catalogue."""
     from pyspark.sql import functions as F
 
-    columns = [c for c in EMBEDDINGS.names if c != "run_date"]
+    columns = TABLES["embeddings"].data_columns
     vector = F.lit(None).cast("array<float>")
     return listings.filter("is_deleted").select(
         "listing_id", "supplier_id", "updated_at",

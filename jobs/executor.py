@@ -139,19 +139,21 @@ def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: dict[str, Any
         log.info("embedded %d listings in %.2fs", len(batch), time.monotonic() - started)
 
 
+_DTYPES = {"STRING": object, "FLOAT": np.float32, "DOUBLE": np.float64, "BIGINT": np.int64, "BOOLEAN": bool}
+
+
+def _ddl_columns(ddl: str) -> dict[str, Any]:
+    """Maps each column of a DDL list (``"a STRING, b FLOAT"``) to its pandas dtype."""
+    return {name: _DTYPES[kind] for name, kind in (part.split() for part in ddl.split(", "))}
+
+
 def _empty_frame(ddl: str) -> pd.DataFrame:
     """Returns a zero-row DataFrame with dtypes matching a DDL column list.
 
     An untyped ``pd.DataFrame(columns=...)`` (all ``object``) fails Spark's Arrow conversion of
     grouped-map output for numeric columns, so empty results must carry real dtypes.
     """
-    dtypes = {"STRING": object, "FLOAT": np.float32, "DOUBLE": np.float64, "BIGINT": np.int64,
-              "BOOLEAN": bool}
-    columns = {}
-    for part in ddl.split(", "):
-        name, kind = part.split()
-        columns[name] = pd.Series([], dtype=dtypes[kind])
-    return pd.DataFrame(columns)
+    return pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in _ddl_columns(ddl).items()})
 
 
 def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -> pd.DataFrame:
@@ -196,8 +198,7 @@ def _stack(column: pd.Series) -> np.ndarray:
 def _modality_similarity(vectors: np.ndarray, present: np.ndarray, left: np.ndarray,
                          right: np.ndarray) -> np.ndarray:
     """Cosine of the two sides' vectors of one modality; NaN where either side lacks it."""
-    sims = np.einsum("nd,nd->n", vectors[left], vectors[right])  # [n_pairs]
-    sims = np.clip(sims, -1.0, 1.0).astype(np.float32)  # float rounding can give 1.0000001
+    sims = np.einsum("nd,nd->n", vectors[left], vectors[right]).astype(np.float32)  # [n_pairs]
     sims[~(present[left] & present[right])] = np.nan
     return sims
 
@@ -226,7 +227,6 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
     from dedup import find_pairs_by_id
 
     supplier_id = key[0]
-    columns = [c.split()[0] for c in PAIR_OUTPUT_DDL.split(", ")]
     if queries.empty or catalogue.empty:
         return _empty_frame(PAIR_OUTPUT_DDL)
     model_version = str(queries["model_version"].iloc[0])
@@ -257,19 +257,22 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
             # explicit dtype: an empty list would be inferred float64, which Spark cannot cast
             "listing_id_l": pd.Series(left_ids, dtype=object),
             "listing_id_r": pd.Series(right_ids, dtype=object),
-            "similarity_m": np.clip(pairs.column("similarity").to_numpy(), -1.0, 1.0).astype(np.float32),
+            "similarity_m": pairs.column("similarity").to_numpy().astype(np.float32),
             "similarity_t": sim_t,
             "similarity_i": sim_i,
             "model_version": model_version,
         },
-        columns=columns,
+        columns=list(_ddl_columns(PAIR_OUTPUT_DDL)),
     )
+    # Float rounding can put a dot product of unit vectors at 1.0000001; the contract says [-1, 1].
+    similarity_columns = ["similarity_m", "similarity_t", "similarity_i"]
+    out[similarity_columns] = out[similarity_columns].clip(-1.0, 1.0)
     if saturated:
         flagged = _empty_frame(PAIR_OUTPUT_DDL).reindex(range(len(saturated)))
         flagged = flagged.assign(kind="saturated", supplier_id=supplier_id,
                                  listing_id_l=pd.Series(saturated, dtype=object),
                                  model_version=model_version)
-        flagged[["similarity_m", "similarity_t", "similarity_i"]] = np.nan
+        flagged[similarity_columns] = np.nan
         out = pd.concat([out, flagged], ignore_index=True)
     log.info("supplier %s block %s: %d queries x %d catalogue -> %d pairs (%d saturated) in %.2fs",
              supplier_id, key[1], len(queries), len(catalogue), len(left_ids), len(saturated),
@@ -296,7 +299,6 @@ def cluster_supplier_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """
     from dedup import cluster_pairs, make_group_id
 
-    columns = [c.split()[0] for c in GROUP_OUTPUT_DDL.split(", ")]
     if pairs.empty:
         return _empty_frame(GROUP_OUTPUT_DDL)
     supplier_id = str(pairs["supplier_id"].iloc[0])
@@ -317,5 +319,5 @@ def cluster_supplier_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
             "strongest_similarity": joined["strongest_similarity"].astype("float32"),
             "representative": joined["representative"],
         },
-        columns=columns,
+        columns=list(_ddl_columns(GROUP_OUTPUT_DDL)),
     )

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from jobs.errors import DedupError
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.tables import LISTINGS, LISTINGS_REQUIRED_COLUMNS, QUARANTINE, VALIDATED_LISTINGS, to_ddl
+from schemas.tables import LISTINGS, LISTINGS_REQUIRED_COLUMNS, QUARANTINE, TABLES, VALIDATED_LISTINGS, to_ddl
 
 log = logging.getLogger(__name__)
 STAGE = "validate"
@@ -171,8 +171,8 @@ def split_valid(frame, run_date: str):
         .select(*VALIDATED_LISTINGS.names)
     )
     quarantine = (
-        row_bad.select(*[c for c in QUARANTINE.names if c != "run_date"])
-        .unionByName(superseded.select(*[c for c in QUARANTINE.names if c != "run_date"]))
+        row_bad.select(*TABLES["quarantine"].data_columns)
+        .unionByName(superseded.select(*TABLES["quarantine"].data_columns))
         .withColumn("run_date", F.lit(run_date))
     )
     return valid, quarantine, joined
