@@ -17,6 +17,18 @@ Every task replaces exactly D's partitions, so rerunning a day (Clear in the UI,
 `airflow dags test dedup_nightly D`) is safe. Tasks retry twice. One run at a time: the default
 embedded Derby metastore admits one Spark application at a time.
 
+Every Spark task takes the one slot of the Airflow pool `sspr_warehouse`, so Spark jobs that open
+the metastore never overlap, whichever run or DAG they belong to (a manual rerun of another date
+waits for the scheduled run's current task instead of failing on a Derby lock). Create the pool
+once per Airflow metadata database, before the first run (idempotent):
+
+    airflow pools set sspr_warehouse 1 "Spark jobs using the sspr-dedup warehouse metastore (embedded Derby: one at a time)"
+
+The scheduler does not start a task whose pool does not exist (it stays scheduled and the
+scheduler logs "Tasks using non-existent pool"); `airflow dags test` ignores pools and runs the
+tasks one after another. With an external metastore (`warehouse.metastore_uris`) the pool can be
+given more slots.
+
 Config: the TOML file in `$SSPR_CONFIG` (default `conf/sspr.toml` beside `dags/`); Spark master from
 the Airflow connection `spark_default`. Params: `min_similarity` overrides the config's threshold
 for a manual run.
@@ -34,6 +46,8 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
 STAGES = ("validate", "embed", "pairs", "groups", "report")
+# One slot: the embedded Derby metastore admits one Spark application at a time (STACK.md §9).
+WAREHOUSE_POOL = "sspr_warehouse"
 
 
 @dag(
@@ -66,6 +80,8 @@ def dedup_nightly():
             application=str(REPO / "jobs" / f"{stage}.py"),
             conn_id="spark_default",
             name=f"sspr-{stage}-{{{{ ds }}}}",
+            pool=WAREHOUSE_POOL,
+            pool_slots=1,
             application_args=[
                 "--run-date", "{{ ds }}",
                 "--config", CONFIG,

@@ -8,7 +8,8 @@ fatal: the listing is embedded text-only and ``image_error`` says why. A listing
 usable title nor a usable image (a blank title and a corrupt image) gets no vectors, is kept out of
 the catalogue and is counted as skipped (``not_embeddable``). Deleted listings (``is_deleted``) are
 written as tombstones without vectors and counted as skipped, so
-rows_in = rows_out + rows_skipped.
+rows_in = rows_out + rows_skipped. Before anything is written, the output suite checks that every
+vector has the encoder's width and unit norm (``jobs.warehouse.publish``).
 
     spark-submit jobs/embed.py --run-date 2024-03-01 --config conf/sspr.toml
 """
@@ -19,11 +20,36 @@ import dataclasses
 import logging
 import sys
 
+from jobs.errors import DedupError
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import EMBEDDINGS, TABLES, to_ddl
 
 log = logging.getLogger(__name__)
 STAGE = "embed"
+
+ENCODER_DIMS: dict[str, int] = {"zero-shot": 1664}
+"""Width of the m / t / i vectors (``ListingEncoder.dim``) per encoder kind.
+
+Kept here so the driver need not import torch to check the output; a test compares it with the
+encoder package, and the output check fails the stage if the encoder ever disagrees.
+"""
+
+
+def encoder_dim(kind: str) -> int:
+    """Returns the vector width of an encoder kind.
+
+    Args:
+        kind: ``EncoderConfig.kind``.
+
+    Returns:
+        The width of its m / t / i vectors.
+
+    Raises:
+        DedupError: for a kind without a known width.
+    """
+    if kind not in ENCODER_DIMS:
+        raise DedupError(f"no vector width known for encoder kind {kind!r}; add it to jobs.embed.ENCODER_DIMS")
+    return ENCODER_DIMS[kind]
 
 
 def embed_listings(listings, encoder_config: dict, partitions: int):
@@ -67,7 +93,7 @@ def run(ctx: StageContext) -> StageResult:
     """Embeds the run date's listings and writes the `embeddings` partition."""
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables, replace_partition
+    from jobs.warehouse import ensure_tables, publish
 
     ensure_tables(ctx.spark, ctx.database, ["listings"])
     listings = ctx.spark.table(f"{ctx.database}.listings").filter(F.col("run_date") == ctx.run_date)
@@ -84,7 +110,8 @@ def run(ctx: StageContext) -> StageResult:
             F.sum((~F.col("is_deleted") & F.col("emb_m").isNull()).cast("int")).alias("not_embeddable"),
         ).first()
         versions = [r[0] for r in out.filter("NOT is_deleted").select("model_version").distinct().collect()]
-        written = replace_partition(ctx.spark, out, ctx.database, "embeddings", {"run_date": ctx.run_date})
+        written = publish(ctx.spark, {"embeddings": out}, ctx.database, {"run_date": ctx.run_date},
+                          embedding_dim=encoder_dim(ctx.config.encoder.kind))["embeddings"]
     finally:
         out.unpersist()
     deleted = int(stats["deleted"] or 0)

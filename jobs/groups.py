@@ -4,7 +4,9 @@ A group is a connected component of the run date's pairs within one supplier; it
 ``weakest_similarity`` is the weakest link (the smallest edge of its maximum spanning tree: raise the
 threshold above it and the group splits). ``group_id`` is derived from the supplier and the group's
 smallest listing id, so it is the same on every rerun. ``is_new`` marks members that arrived on the
-run date (the others come from the supplier's catalogue).
+run date (the others come from the supplier's catalogue). Both tables are checked before either is
+written (every group has two or more members; a listing is in at most one group), so a failed check
+leaves the previous ``groups`` and ``group_members`` partitions as they were.
 
     spark-submit jobs/groups.py --run-date 2024-03-01 --config conf/sspr.toml
 """
@@ -52,7 +54,7 @@ def run(ctx: StageContext) -> StageResult:
     """Groups the run date's pairs and writes `groups` and `group_members`."""
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables, replace_partition
+    from jobs.warehouse import ensure_tables, publish
 
     ensure_tables(ctx.spark, ctx.database, ["pairs", "embeddings"])
     pairs = ctx.spark.table(f"{ctx.database}.pairs").filter(F.col("run_date") == ctx.run_date)
@@ -62,8 +64,8 @@ def run(ctx: StageContext) -> StageResult:
     groups, members, rows = group_pairs(pairs, new_ids, ctx.run_date)
     partition = {"run_date": ctx.run_date}
     try:
-        n_groups = replace_partition(ctx.spark, groups, ctx.database, "groups", partition)
-        n_members = replace_partition(ctx.spark, members, ctx.database, "group_members", partition)
+        written = publish(ctx.spark, {"groups": groups, "group_members": members}, ctx.database, partition)
+        n_groups, n_members = written["groups"], written["group_members"]
         biggest = groups.agg(F.max("size")).first()[0]
     finally:
         rows.unpersist()

@@ -9,6 +9,9 @@ either side lacks the modality). A supplier's new listings are split into blocks
 ``dedup.query_block_size`` so a giant supplier becomes several tasks. A query with more hits than
 ``dedup.max_results_per_query`` keeps its best ones and is counted as saturated.
 
+Before the partition is written, the output suite checks that both listings of every pair belong
+to the pair's supplier and that similarities lie within [-1, 1] (``jobs.warehouse.publish``).
+
 Cost: sum over suppliers of (new listings x catalogue size), never N^2 over the marketplace.
 
     spark-submit jobs/pairs.py --run-date 2024-03-01 --config conf/sspr.toml [--min-similarity 0.9]
@@ -102,7 +105,7 @@ def run(ctx: StageContext) -> StageResult:
     """Finds the run date's pairs and writes the `pairs` partition."""
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables, replace_partition
+    from jobs.warehouse import ensure_tables, publish
 
     ensure_tables(ctx.spark, ctx.database, ["embeddings"])
     embeddings = ctx.spark.table(f"{ctx.database}.embeddings")
@@ -124,7 +127,8 @@ def run(ctx: StageContext) -> StageResult:
     dedup_config = dataclasses.asdict(ctx.config.dedup)
     pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, ctx.run_date)
     try:
-        written = replace_partition(ctx.spark, pairs, ctx.database, "pairs", {"run_date": ctx.run_date})
+        written = publish(ctx.spark, {"pairs": pairs}, ctx.database, {"run_date": ctx.run_date},
+                          listing_suppliers=catalogue.select("listing_id", "supplier_id"))["pairs"]
         saturated_ids = [r["listing_id_l"] for r in saturated.distinct().limit(1000).collect()]
         catalogue_size = catalogue.count()
     finally:

@@ -1,17 +1,26 @@
-"""Great Expectations suites: the row rules of the listings contract.
+"""Great Expectations suites: the row rules of the listings contract and the rules of every output.
 
-Each expectation carries its rule name in ``meta["rule"]``; a row that fails one goes to the
-``quarantine`` table with that name. Rules that need the whole day (``listing_id_unique``: the latest
-``updated_at`` wins) are applied by ``jobs/validate.py`` across partitions, after these row rules.
+Input (``listings``): each expectation carries its rule name in ``meta["rule"]``; a row that fails
+one goes to the ``quarantine`` table with that name. Rules that need the whole day
+(``listing_id_unique``: the latest ``updated_at`` wins) are applied by ``jobs/validate.py`` across
+partitions, after these row rules. GX runs on pandas batches (one per Spark partition inside
+``mapInPandas``), because the pandas engine returns the index of every failing row, which is what
+quarantining needs.
 
-GX runs on pandas batches (one per Spark partition inside ``mapInPandas``), because the pandas
-engine returns the index of every failing row, which is what quarantining needs.
+Outputs (``embeddings``, ``pairs``, ``groups``, ``group_members``): ``OUTPUT_RULES`` names the rules
+of each table; ``build_output_suite`` builds the table's suite and ``OutputValidator`` runs it on the
+Spark DataFrame a stage is about to write (``jobs.warehouse.publish`` refuses to write anything when
+a rule fails). Column rules are GX column expectations; rules over a row's vectors or over a whole
+group are ``UnexpectedRowsExpectation`` Spark SQL queries, so Spark computes norms and counts and
+only the count and a few offending ids reach the driver.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -137,3 +146,243 @@ class ListingsValidator:
             for index, rules in broken.items()
         }
         return pd.DataFrame.from_dict(rows, orient="index", columns=["rule", "detail"])
+
+
+# --------------------------------------------------------------------------- output suites
+UNIT_NORM_TOLERANCE = 1e-3
+"""How far a vector's L2 norm may be from 1 (or from 0 for an absent modality's zero vector)."""
+
+OUTPUT_RULES: dict[str, tuple[str, ...]] = {
+    "embeddings": ("embedding_dimension", "embedding_unit_norm"),
+    "pairs": ("pair_within_one_supplier", "pair_similarity_in_range"),
+    "groups": ("group_has_two_members",),
+    "group_members": ("group_has_two_members", "group_member_unique"),
+}
+"""The output rules of each checked table, in the order they are reported."""
+
+OUTPUT_ID_COLUMNS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("listing_id",),
+    "pairs": ("supplier_id", "listing_id_l", "listing_id_r"),
+    "groups": ("supplier_id", "group_id"),
+    "group_members": ("supplier_id", "group_id", "listing_id"),
+}
+"""The columns that identify an offending row in a failure message."""
+
+PAIR_SUPPLIER_COLUMNS = ("_supplier_id_l", "_supplier_id_r")
+"""Helper columns the pairs suite expects: the supplier each side's listing belongs to."""
+
+EXAMPLES_PER_RULE = 5
+"""How many offending rows a failed rule reports."""
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """The outcome of one output rule on one table.
+
+    Attributes:
+        table: the warehouse table checked, e.g. ``"pairs"``.
+        rule: the rule's name from ``OUTPUT_RULES``.
+        success: True when no row breaks the rule.
+        unexpected_count: how many rows (or groups) break it.
+        examples: up to ``EXAMPLES_PER_RULE`` offending rows as ``"column=value, ..."`` strings.
+    """
+
+    table: str
+    rule: str
+    success: bool
+    unexpected_count: int
+    examples: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """Returns a one-line account: table, rule, count and the first offending ids."""
+        if self.success:
+            return f"table {self.table}, rule {self.rule}: ok"
+        shown = "; ".join(self.examples) or "no examples returned"
+        rows = "row" if self.unexpected_count == 1 else "rows"
+        return f"table {self.table}, rule {self.rule}: {self.unexpected_count} offending {rows}, e.g. [{shown}]"
+
+
+def _norm_sql(column: str) -> str:
+    """Spark SQL for a vector column's L2 norm; -1 when the vector holds a null element."""
+    return f"coalesce(sqrt(aggregate({column}, 0D, (acc, x) -> acc + x * x)), -1D)"
+
+
+def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=None):
+    """Builds the GX expectation suite for one output table.
+
+    Rules (each expectation carries ``meta={"rule": <rule name>}``):
+
+    * ``embeddings``: ``embedding_dimension``: every vector present has ``embedding_dim`` elements;
+      ``embedding_unit_norm``: ``emb_m`` has norm 1, ``emb_t`` / ``emb_i`` norm 1 where the listing
+      has text / an image and 0 (the all-zero vector) otherwise, within ``UNIT_NORM_TOLERANCE``.
+      Rows with null vectors (tombstones, listings that could not be embedded) are exempt.
+    * ``pairs``: ``pair_within_one_supplier``: both listings belong to the pair's ``supplier_id``
+      (needs the helper columns ``PAIR_SUPPLIER_COLUMNS``); ``pair_similarity_in_range``:
+      ``similarity_m`` is present and every similarity is within [-1, 1].
+    * ``groups``: ``group_has_two_members``: ``size >= 2``.
+    * ``group_members``: ``group_has_two_members``: each (supplier, group) has at least 2 rows;
+      ``group_member_unique``: a listing is in at most one group per run date and supplier.
+
+    Args:
+        table: a key of ``OUTPUT_RULES``.
+        embedding_dim: the encoder's vector width; required for ``embeddings``.
+        gx_module: the imported ``great_expectations`` module (imported here when None).
+
+    Returns:
+        A ``great_expectations.ExpectationSuite`` named after the table. The
+        ``UnexpectedRowsExpectation`` rules run on Spark only.
+
+    Raises:
+        ValueError: for a table without output rules, or ``embeddings`` without ``embedding_dim``.
+    """
+    if table not in OUTPUT_RULES:
+        raise ValueError(f"no output rules for table {table!r}; checked tables: {sorted(OUTPUT_RULES)}")
+    gx = gx_module or _import_gx()
+    e = gx.expectations
+    rows = e.UnexpectedRowsExpectation
+    expectations: list[tuple[str, Any]] = []
+    if table == "embeddings":
+        if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 1:
+            raise ValueError(f"the embeddings suite needs the encoder's vector width, got {embedding_dim!r}")
+        wrong_size = " OR ".join(f"({c} IS NOT NULL AND size({c}) <> {embedding_dim})"
+                                 for c in ("emb_m", "emb_t", "emb_i"))
+        off_norm = " OR ".join(
+            f"({c} IS NOT NULL AND NOT abs({_norm_sql(c)} - {expected}) <= {UNIT_NORM_TOLERANCE!r})"
+            for c, expected in (("emb_m", "1"), ("emb_t", "IF(has_text, 1, 0)"),
+                                ("emb_i", "IF(has_image, 1, 0)"))
+        )
+        expectations += [
+            ("embedding_dimension", rows(unexpected_rows_query=(
+                "SELECT listing_id, size(emb_m) AS size_m, size(emb_t) AS size_t, size(emb_i) AS size_i "
+                f"FROM {{batch}} WHERE {wrong_size}"))),
+            ("embedding_unit_norm", rows(unexpected_rows_query=(
+                f"SELECT listing_id, round({_norm_sql('emb_m')}, 6) AS norm_m, "
+                f"round({_norm_sql('emb_t')}, 6) AS norm_t, round({_norm_sql('emb_i')}, 6) AS norm_i "
+                f"FROM {{batch}} WHERE {off_norm}"))),
+        ]
+    elif table == "pairs":
+        left, right = PAIR_SUPPLIER_COLUMNS
+        expectations += [
+            ("pair_within_one_supplier", rows(unexpected_rows_query=(
+                f"SELECT supplier_id, listing_id_l, listing_id_r, {left}, {right} FROM {{batch}} "
+                f"WHERE NOT ({left} <=> supplier_id AND {right} <=> supplier_id)"))),
+            ("pair_similarity_in_range", e.ExpectColumnValuesToNotBeNull(column="similarity_m")),
+        ]
+        expectations += [
+            ("pair_similarity_in_range", e.ExpectColumnValuesToBeBetween(column=c, min_value=-1, max_value=1))
+            for c in ("similarity_m", "similarity_t", "similarity_i")
+        ]
+    elif table == "groups":
+        expectations.append(("group_has_two_members", e.ExpectColumnValuesToBeBetween(column="size", min_value=2)))
+    else:  # group_members
+        expectations += [
+            ("group_has_two_members", rows(unexpected_rows_query=(
+                "SELECT supplier_id, group_id, count(*) AS members FROM {batch} "
+                "GROUP BY supplier_id, group_id HAVING count(*) < 2"))),
+            ("group_member_unique", e.ExpectCompoundColumnsToBeUnique(
+                column_list=["run_date", "supplier_id", "listing_id"])),
+        ]
+    for rule, expectation in expectations:
+        expectation.meta = {"rule": rule}
+    # Passed to the constructor (not add_expectation), so building a suite needs no GX data context.
+    return gx.ExpectationSuite(name=table, expectations=[expectation for _, expectation in expectations])
+
+
+def _example(row: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in row.items())
+
+
+class OutputValidator:
+    """Runs the output suites on Spark DataFrames; build once per process and reuse.
+
+    GX validates the DataFrame in place (it is not persisted by GX and not collected): column rules
+    return counts and ``EXAMPLES_PER_RULE`` offending rows, query rules a count and at most 200
+    rows of the query's id columns.
+    """
+
+    def __init__(self) -> None:
+        self._gx = _import_gx()
+        self._context = self._gx.get_context(mode="ephemeral")
+        try:  # no progress bars in stage logs
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        except ImportError:  # moved in some GX 1.x release: bars are cosmetic
+            pass
+        self._source = self._context.data_sources.add_spark("outputs", persist=False)
+        self._definitions: dict[tuple[str, int | None], list[tuple[Any, dict[str, Any]]]] = {}
+
+    def _definitions_for(self, table: str, embedding_dim: int | None) -> list[tuple[Any, dict[str, Any]]]:
+        """Returns (validation definition, result format) pairs for a table, building them once.
+
+        Query rules run with the COMPLETE result format (their offending rows are capped by GX);
+        column rules with SUMMARY, so only ``EXAMPLES_PER_RULE`` offending rows are collected.
+        """
+        key = (table, embedding_dim)
+        if key in self._definitions:
+            return self._definitions[key]
+        gx = self._gx
+        name = f"{table}_{embedding_dim}" if embedding_dim is not None else table
+        suite = build_output_suite(table, embedding_dim, gx)
+        query_rules = [x for x in suite.expectations if isinstance(x, gx.expectations.UnexpectedRowsExpectation)]
+        column_rules = [x for x in suite.expectations if x not in query_rules]
+        batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+        formats = {
+            "rows": {"result_format": "COMPLETE"},
+            "columns": {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES_PER_RULE,
+                        "unexpected_index_column_names": list(OUTPUT_ID_COLUMNS[table])},
+        }
+        definitions = []
+        for kind, members in (("rows", query_rules), ("columns", column_rules)):
+            if not members:
+                continue
+            part = self._context.suites.add(gx.ExpectationSuite(name=f"{name}_{kind}", expectations=members))
+            definition = self._context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"{name}_{kind}", data=batch, suite=part))
+            definitions.append((definition, formats[kind]))
+        self._definitions[key] = definitions
+        return definitions
+
+    def check(self, table: str, frame, embedding_dim: int | None = None) -> list[RuleResult]:
+        """Runs a table's output suite on the rows about to be written.
+
+        Args:
+            table: a key of ``OUTPUT_RULES``.
+            frame: a Spark DataFrame with the table's columns (plus ``PAIR_SUPPLIER_COLUMNS`` for
+                ``pairs``).
+            embedding_dim: the encoder's vector width; required for ``embeddings``.
+
+        Returns:
+            One ``RuleResult`` per rule of ``OUTPUT_RULES[table]``, in that order.
+
+        Raises:
+            RuntimeError: when GX could not evaluate an expectation (a bug, not bad data).
+        """
+        counts = {rule: 0 for rule in OUTPUT_RULES[table]}
+        examples: dict[str, list[str]] = {rule: [] for rule in OUTPUT_RULES[table]}
+        failed: set[str] = set()
+        for definition, result_format in self._definitions_for(table, embedding_dim):
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+            for res in result.results:
+                rule = res.expectation_config.meta["rule"]
+                if res.exception_info and res.exception_info.get("raised_exception"):
+                    raise RuntimeError(f"GX output check {rule} on table {table} raised: "
+                                       f"{res.exception_info.get('exception_message')}")
+                if res.success:
+                    continue
+                failed.add(rule)
+                if "observed_value" in res.result:  # UnexpectedRowsExpectation
+                    counts[rule] += int(res.result["observed_value"])
+                    rows = res.result.get("details", {}).get("unexpected_rows") or []
+                else:
+                    counts[rule] += int(res.result.get("unexpected_count") or 0)
+                    rows = res.result.get("partial_unexpected_index_list") or []
+                examples[rule] += [_example(row) for row in rows]
+        results = [
+            RuleResult(table=table, rule=rule, success=rule not in failed, unexpected_count=counts[rule],
+                       examples=tuple(examples[rule][:EXAMPLES_PER_RULE]))
+            for rule in OUTPUT_RULES[table]
+        ]
+        log.info("output checks on %s: %s", table,
+                 ", ".join(f"{r.rule}={'ok' if r.success else r.unexpected_count}" for r in results))
+        return results

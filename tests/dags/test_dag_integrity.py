@@ -21,6 +21,8 @@ DAG_FILE = DAGS / "dedup_nightly.py"
 DAG_ID = "dedup_nightly"
 STAGES = ["validate", "embed", "pairs", "groups", "report"]
 PROJECT_PACKAGES = {"encoder", "dedup", "jobs", "schemas"}
+# bin/run-sample-nightly and the e2e setup create this pool; the name is part of the deployment.
+WAREHOUSE_POOL = "sspr_warehouse"
 HEAVY_MODULES = ("torch", "pyspark", "faiss", "encoder", "dedup", "jobs", "schemas")
 
 
@@ -92,6 +94,33 @@ def test_every_task_submits_its_job_file(dag):
         application = Path(task.application)
         assert application == REPO / "jobs" / f"{task.task_id}.py", task.task_id
         assert application.is_file(), application
+
+
+def test_every_spark_task_waits_for_the_one_warehouse_slot(dagbag):
+    """Spark jobs share the embedded Derby metastore, so every one of them, in any DAG, takes the pool."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    spark_tasks = [task for d in dagbag.dags.values() for task in d.tasks if isinstance(task, SparkSubmitOperator)]
+    assert len(spark_tasks) >= len(STAGES)
+    for task in spark_tasks:
+        assert task.pool == WAREHOUSE_POOL, f"{task.dag_id}.{task.task_id} uses pool {task.pool!r}"
+        assert task.pool_slots == 1, f"{task.dag_id}.{task.task_id} takes {task.pool_slots} slots"
+
+
+def test_warehouse_pool_is_named_once_and_documented(dag):
+    tree = ast.parse(DAG_FILE.read_text())
+    docstring = ast.get_docstring(tree, clean=False)
+    literals = [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value == WAREHOUSE_POOL and node.value != docstring
+    ]
+    assert len(literals) == 1, "name the pool in one constant and use the constant"
+    constants = [
+        node.targets[0].id for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value == WAREHOUSE_POOL
+    ]
+    assert constants == ["WAREHOUSE_POOL"]
+    assert f"airflow pools set {WAREHOUSE_POOL} 1 " in dag.doc_md
 
 
 def test_catchup_off_and_one_run_at_a_time(dag):

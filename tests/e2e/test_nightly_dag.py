@@ -71,6 +71,8 @@ def nightly(tmp_path_factory):
     logs = root / "logs"
     logs.mkdir()
     _airflow(env, "db", "migrate", log=logs / "migrate.log")
+    _airflow(env, "pools", "set", "sspr_warehouse", "1", "Spark jobs on the embedded metastore",
+             log=logs / "pools.log")
     for day in DAYS:
         _airflow(env, "dags", "test", "dedup_nightly", day, log=logs / f"{day}.log")
     return env, root / "warehouse", root
