@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly test test-fast clean help
+.PHONY: install nightly test test-fast evaluate clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -39,6 +39,9 @@ test: install  ## run the whole test suite (unit, Spark, DAG and end-to-end)
 
 test-fast: install  ## the tests without the end-to-end DAG run
 	$(BIN)/python -m pytest -m "not e2e"
+
+evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md
+	$(BIN)/python -m evaluation
 
 clean:  ## remove the local warehouse, metastore, Airflow state and reports (var/)
 	rm -rf var

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from evaluation.datasets import grocery_title, read_leipzig_source
 from schemas.tables import LISTINGS
 
 LOG = logging.getLogger("build_samples")
@@ -219,20 +220,13 @@ def read_leipzig(shared: Path) -> tuple[dict[str, pd.DataFrame], list[set[str]]]
     """
     ag, ab = shared / "leipzig_amazon_google", shared / "leipzig_abt_buy"
 
-    def read(path: Path, encoding: str, title_col: str) -> pd.DataFrame:
-        frame = pd.read_csv(path, encoding=encoding, dtype=str, keep_default_na=False)
-        frame = frame.rename(columns={title_col: "title", "manufacturer": "brand"})
-        if "brand" not in frame:
-            frame["brand"] = ""
-        return frame[["id", "title", "description", "brand", "price"]]
-
-    google = read(ag / "GoogleProducts.csv", "latin-1", "name")
+    google = read_leipzig_source(shared, "google")
     google["id"] = google["id"].map(lambda url: GOOGLE_ID.fullmatch(url).group(1))
     records = {
         "google": google,
-        "amazon": read(ag / "Amazon.csv", "latin-1", "title"),
-        "buy": read(ab / "Buy.csv", "utf-8", "name"),
-        "abt": read(ab / "Abt.csv", "latin-1", "name"),
+        "amazon": read_leipzig_source(shared, "amazon"),
+        "buy": read_leipzig_source(shared, "buy"),
+        "abt": read_leipzig_source(shared, "abt"),
     }
     for name, frame in records.items():
         if not frame["id"].is_unique:
@@ -397,18 +391,6 @@ GROCERY_ICONIC: dict[str, tuple[str, ...]] = {
 
 GROCERY_IMAGE_ONLY = ("grocer-south", "Bravo-Orange-Juice")
 """One photo of this (shop, SKU) is listed with a null title: valid, the image stands in for it."""
-
-MULTI_WORD_BRANDS = {"God": "God Morgon"}
-"""Fine class names start with the brand; "God-Morgon-..." is the one two-word brand."""
-
-
-def grocery_title(fine_class: str, coarse_class: str) -> tuple[str, str, str]:
-    """Returns ``(title, brand, category)`` of a SKU, e.g. ``("Arla Milk", "Arla", "Milk")``."""
-    first = fine_class.split("-")[0]
-    brand = MULTI_WORD_BRANDS.get(first, first)
-    category = coarse_class.replace("-", " ")
-    return f"{brand} {category}", brand, category
-
 
 def build_grocery(shared: Path) -> list[Row]:
     """Builds the photo listings of the two grocery shops.

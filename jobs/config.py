@@ -84,6 +84,9 @@ class DedupConfig:
     """Pair search and grouping."""
 
     min_similarity: float = 0.88  # similarity_m at or above which two listings pair
+    # where min_similarity came from (a calibration run, or why it was set by hand); it is
+    # written with the resolved config of every stage, so each run's threshold has provenance
+    min_similarity_source: str = ""
     max_results_per_query: int = 50  # per-query budget; more hits are cut and flagged saturated
     query_block_size: int = 2048  # queries per pair-search task (splits giant suppliers)
     backend: str = "faiss"  # "faiss" (IndexFlatIP range search) or "blocked" (matmul; GPU path)
