@@ -15,7 +15,7 @@ Example:
 
 import importlib
 
-from encoder.config import ENCODER_KINDS, EncoderConfig
+from encoder.config import ENCODER_KINDS, EncoderConfig, LossConfig
 
 _LAZY = {
     "IMAGE_ERRORS": "encoder.image",
@@ -25,9 +25,13 @@ _LAZY = {
     "ZeroShotEncoder": "encoder.model",
     "build_encoder": "encoder.model",
     "resolve_device": "encoder.model",
+    "locality_consistency": "encoder.loss",
+    "ppm_hinge": "encoder.loss",
+    "self_distinctiveness": "encoder.loss",
+    "total_loss": "encoder.loss",
 }
 
-__all__ = ["ENCODER_KINDS", "EncoderConfig", *_LAZY]
+__all__ = ["ENCODER_KINDS", "EncoderConfig", "LossConfig", *_LAZY]
 
 
 def __getattr__(name: str):

