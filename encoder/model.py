@@ -7,14 +7,16 @@ Jobs build an encoder only through ``build_encoder(config)`` and use only the
 * ``model_version``
 * ``encode(titles, images) -> EncodedListings``
 
-This version is zero-shot (``kind="zero-shot"``): it joins two pretrained towers and is not
+The default kind is zero-shot (``kind="zero-shot"``): it joins two pretrained towers and is not
 trained on listings.
 
 * Text: all-MiniLM-L6-v2, mean-pooled, L2-normalised, 384-d (``encoder.text``).
 * Image: EfficientNet-lite0, global-average-pooled, L2-normalised, 1280-d (``encoder.image``).
 
-A later version replaces the fusion with the eSSPR single-stream transformer behind the same
-interface.
+``kind="sspr"`` is the eSSPR single-stream transformer behind the same interface; it lives in
+``encoder.sspr`` (its own docstring describes it) and is registered here. Both kinds share the
+input checks (``clean_titles``, ``given_image_rows``, ``check_not_empty``) and the version hash
+(``version_from_settings``).
 
 Fusion (zero-shot)
 ------------------
@@ -63,7 +65,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -259,6 +261,27 @@ def weights_digest() -> str:
     ).hexdigest()
 
 
+def version_from_settings(settings: Mapping[str, object]) -> str:
+    """Returns the model version for an encoder's vector-changing settings.
+
+    Both encoder kinds hash through here, so a version always covers the base weight packages
+    (``weights_digest``) plus whatever the kind adds (its revision, preprocessing settings and,
+    for ``"sspr"``, the trained weights).
+
+    Args:
+        settings: JSON-serialisable values that change the vectors; must not use the key
+            ``"weights"``, which is filled with ``weights_digest()`` here.
+
+    Returns:
+        16 hex digits of a sha256 over the settings (sorted-key JSON) and the base weights.
+    """
+    assert "weights" not in settings, "the 'weights' key is reserved for weights_digest()"
+    blob = json.dumps(
+        {**settings, "weights": weights_digest()}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def compute_model_version(config: EncoderConfig) -> str:
     """Returns the model version that an encoder built from ``config`` reports.
 
@@ -268,10 +291,18 @@ def compute_model_version(config: EncoderConfig) -> str:
     Returns:
         16 hex digits of a sha256 over weights, kind and preprocessing settings.
     """
-    settings = {
+    if config.kind == "sspr":
+        from encoder.sspr import version_settings  # lazy: encoder.sspr imports this module
+
+        return version_from_settings(version_settings(config))
+    return version_from_settings(_zero_shot_settings(config))
+
+
+def _zero_shot_settings(config: EncoderConfig) -> dict[str, object]:
+    """The settings of a zero-shot encoder that change its vectors (see the module docstring)."""
+    return {
         "revision": _ENCODER_REVISION,
         "kind": config.kind,
-        "weights": weights_digest(),
         "text_max_tokens": int(config.text_max_tokens),
         "image_size": int(config.image_size),
         "text_weight": float(config.text_weight),
@@ -281,8 +312,71 @@ def compute_model_version(config: EncoderConfig) -> str:
         "image_preprocessing": IMAGE_PREPROCESSING,
         "fusion": _FUSION,
     }
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def clean_titles(titles: Sequence[str | None]) -> tuple[list[int], list[str]]:
+    """Strips titles and keeps the non-empty ones.
+
+    Args:
+        titles: one title (or None) per listing.
+
+    Returns:
+        (row indices with text, their stripped titles).
+
+    Raises:
+        ValueError: if a title is neither a str nor None (its row is named).
+    """
+    rows: list[int] = []
+    texts: list[str] = []
+    for k, title in enumerate(titles):
+        if title is None:
+            continue
+        if not isinstance(title, str):
+            raise ValueError(
+                f"title at row {k} is {type(title).__name__}, expected str or None; "
+                "convert missing values (e.g. NaN) to None"
+            )
+        stripped = title.strip()
+        if stripped:
+            rows.append(k)
+            texts.append(stripped)
+    return rows, texts
+
+
+def given_image_rows(images: Sequence[bytes | None]) -> list[int]:
+    """Returns the rows that carry image bytes (undecoded).
+
+    Raises:
+        ValueError: if an image is neither bytes-like nor None (its row is named).
+    """
+    given: list[int] = []
+    for k, data in enumerate(images):
+        if data is None:
+            continue
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(
+                f"image at row {k} is {type(data).__name__}, expected bytes or None; "
+                "pass raw file bytes"
+            )
+        given.append(k)
+    return given
+
+
+def check_not_empty(
+    has_text: np.ndarray, has_image: np.ndarray, image_error: Sequence[str | None]
+) -> None:
+    """Raises ValueError naming the rows that have neither a title nor a usable image."""
+    empty = np.flatnonzero(~has_text & ~has_image)
+    if empty.size:
+        details = ", ".join(
+            f"row {k} ({'image ' + image_error[k] if image_error[k] else 'no image'})"
+            for k in empty[:10]
+        )
+        more = f" and {empty.size - 10} more" if empty.size > 10 else ""
+        raise ValueError(
+            f"{empty.size} listing(s) have neither a title nor a usable image: "
+            f"{details}{more}; quarantine such rows in validation before encoding"
+        )
 
 
 class ZeroShotEncoder:
@@ -357,24 +451,14 @@ class ZeroShotEncoder:
             raise ValueError(
                 f"got {n} titles but {len(images)} images; pass one entry (or None) per listing"
             )
-        text_rows, texts = self._clean_titles(titles)
+        text_rows, texts = clean_titles(titles)
         image_rows, image_vectors, image_error = self._encode_images(images)
 
         has_text = np.zeros(n, dtype=bool)  # [n]
         has_text[text_rows] = True
         has_image = np.zeros(n, dtype=bool)  # [n]
         has_image[image_rows] = True
-        empty = np.flatnonzero(~has_text & ~has_image)
-        if empty.size:
-            details = ", ".join(
-                f"row {k} ({'image ' + image_error[k] if image_error[k] else 'no image'})"
-                for k in empty[:10]
-            )
-            more = f" and {empty.size - 10} more" if empty.size > 10 else ""
-            raise ValueError(
-                f"{empty.size} listing(s) have neither a title nor a usable image: "
-                f"{details}{more}; quarantine such rows in validation before encoding"
-            )
+        check_not_empty(has_text, has_image, image_error)
 
         text_vectors = self.text_tower.encode_texts(texts).numpy()  # [n_text, 384]
 
@@ -400,24 +484,6 @@ class ZeroShotEncoder:
             model_version=self.model_version,
         )
 
-    def _clean_titles(self, titles: Sequence[str | None]) -> tuple[list[int], list[str]]:
-        """Returns (row indices with text, stripped titles)."""
-        rows: list[int] = []
-        texts: list[str] = []
-        for k, title in enumerate(titles):
-            if title is None:
-                continue
-            if not isinstance(title, str):
-                raise ValueError(
-                    f"title at row {k} is {type(title).__name__}, expected str or None; "
-                    "convert missing values (e.g. NaN) to None"
-                )
-            stripped = title.strip()
-            if stripped:
-                rows.append(k)
-                texts.append(stripped)
-        return rows, texts
-
     def _encode_images(
         self, images: Sequence[bytes | None]
     ) -> tuple[list[int], np.ndarray, list[str | None]]:
@@ -427,16 +493,7 @@ class ZeroShotEncoder:
             (row indices with a usable image, float32 [n_image, 1280] vectors, error per row).
         """
         errors: list[str | None] = [None] * len(images)
-        given: list[int] = []
-        for k, data in enumerate(images):
-            if data is None:
-                continue
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise ValueError(
-                    f"image at row {k} is {type(data).__name__}, expected bytes or None; "
-                    "pass raw file bytes"
-                )
-            given.append(k)
+        given = given_image_rows(images)
         rows: list[int] = []
         vectors: list[np.ndarray] = []
         chunk_size = self.config.batch_size
@@ -465,8 +522,16 @@ class ZeroShotEncoder:
         return (m / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _build_sspr(config: EncoderConfig, gpu_addresses: Sequence[str] = ()) -> ListingEncoder:
+    """Builds the eSSPR single-stream encoder (imported here: encoder.sspr imports this module)."""
+    from encoder.sspr import SsprEncoder
+
+    return SsprEncoder(config, gpu_addresses)
+
+
 _ENCODERS: dict[str, Callable[..., ListingEncoder]] = {
     "zero-shot": ZeroShotEncoder,
+    "sspr": _build_sspr,
 }
 
 
@@ -479,7 +544,8 @@ def build_encoder(config: EncoderConfig, gpu_addresses: Sequence[str] = ()) -> L
             ``TaskContext.get().resources()["gpu"].addresses``; empty outside Spark.
 
     Returns:
-        A ready encoder in eval mode (``ZeroShotEncoder`` for ``kind="zero-shot"``).
+        A ready encoder in eval mode (``ZeroShotEncoder`` for ``kind="zero-shot"``,
+        ``encoder.sspr.SsprEncoder`` for ``kind="sspr"``).
 
     Raises:
         ValueError: for an unknown kind (the message lists the known ones) or an unusable

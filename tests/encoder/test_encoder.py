@@ -334,7 +334,7 @@ def test_config_reports_all_problems_at_once() -> None:
 def test_build_encoder_unknown_kind_lists_known_kinds() -> None:
     cfg = EncoderConfig(device="cpu")
     object.__setattr__(cfg, "kind", "single-stream")  # bypass validation to reach the factory
-    with pytest.raises(ValueError, match="known kinds: \\['zero-shot'\\]"):
+    with pytest.raises(ValueError, match=r"known kinds: \['sspr', 'zero-shot'\]"):
         build_encoder(cfg)
 
 

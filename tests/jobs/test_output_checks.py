@@ -185,6 +185,9 @@ def test_encoder_dims_match_the_encoder():
 
     assert set(ENCODER_DIMS) == set(ENCODER_KINDS)
     assert encoder_dim("zero-shot") == TEXT_DIM + IMAGE_DIM == 1664  # encoder/model.py: [text | image]
+    from encoder.sspr import SSPR_DIM
+
+    assert encoder_dim("sspr") == SSPR_DIM
     with pytest.raises(DedupError, match="no vector width known"):
         encoder_dim("not-a-kind")
 
