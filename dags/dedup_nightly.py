@@ -48,6 +48,8 @@ CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
 STAGES = ("validate", "embed", "pairs", "groups", "report")
 # One slot: the embedded Derby metastore admits one Spark application at a time (STACK.md §9).
 WAREHOUSE_POOL = "sspr_warehouse"
+# Wait between a failed attempt and its retry (SSPR_RETRY_DELAY_S seconds; default 5 minutes).
+RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300")))
 
 
 @dag(
@@ -60,7 +62,7 @@ WAREHOUSE_POOL = "sspr_warehouse"
     max_active_runs=1,
     max_active_tasks=1,
     tags=["sspr-dedup", "nightly"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=5), "owner": "data-platform"},
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "owner": "data-platform"},
     params={
         "min_similarity": Param(
             None,

@@ -231,7 +231,10 @@ def find_block_pairs(key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame,
         return _empty_frame(PAIR_OUTPUT_DDL)
     model_version = str(queries["model_version"].iloc[0])
     started = time.monotonic()
-    catalogue = catalogue.reset_index(drop=True)
+    # Rows arrive in shuffle order; sorting fixes the search's row order, so a rerun computes
+    # every similarity with the same operations and writes identical values.
+    queries = queries.sort_values("listing_id", kind="stable")
+    catalogue = catalogue.sort_values("listing_id", kind="stable").reset_index(drop=True)
     index_m = _stack(catalogue["emb_m"])
     pairs, saturated = find_pairs_by_id(
         queries["listing_id"].tolist(), _stack(queries["emb_m"]),

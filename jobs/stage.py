@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -145,6 +146,38 @@ def record_metrics(ctx: StageContext, result: StageResult, seconds: float) -> No
                       {"run_date": ctx.run_date, "stage": ctx.stage})
 
 
+FAIL_ONCE_ENV = "SSPR_FAIL_ONCE"  # "validate,pairs": crash these stages once per run date (drill)
+FAIL_ONCE_DIR_ENV = "SSPR_FAIL_ONCE_DIR"  # where the drill remembers that a stage already failed
+
+
+def fail_once_drill(stage: str, run_date: str) -> None:
+    """Crashes a stage once per run date after its outputs are written, when asked to (a drill).
+
+    Operators (and the end-to-end test) rehearse Airflow retries with it: set
+    ``SSPR_FAIL_ONCE=pairs`` and ``SSPR_FAIL_ONCE_DIR=/some/dir``; the first attempt of ``pairs``
+    for each run date writes its tables, then fails; the retry must replace them and succeed.
+    Without both variables it does nothing.
+
+    Args:
+        stage: the running stage.
+        run_date: the run date.
+
+    Raises:
+        RuntimeError: on the drilled stage's first attempt for this run date.
+    """
+    stages = {s.strip() for s in os.environ.get(FAIL_ONCE_ENV, "").split(",") if s.strip()}
+    folder = os.environ.get(FAIL_ONCE_DIR_ENV, "")
+    if stage not in stages or not folder:
+        return
+    marker = Path(folder) / f"{stage}-{run_date}.failed"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("failed once on purpose\n")
+    raise RuntimeError(f"fault drill: {stage} fails once for {run_date} after writing its outputs "
+                       f"({FAIL_ONCE_ENV}); the retry must replace them")
+
+
 def run_stage(
     stage: str,
     run: Callable[[StageContext], StageResult],
@@ -187,6 +220,7 @@ def run_stage(
         ctx = StageContext(stage=stage, run_date=args.run_date, config=config, spark=spark, args=args)
         config_path = write_resolved_config(config, stage, args.run_date)
         result = run(ctx)
+        fail_once_drill(stage, args.run_date)
         seconds = time.monotonic() - started
         record_metrics(ctx, result, seconds)
     except DedupError as exc:
