@@ -7,9 +7,10 @@ Precedence (later wins):
 4. CLI flags ``--set section.key=value`` (and stage flags such as ``--min-similarity``).
 
 Unknown sections or keys are errors, and every problem is reported at once. Relative paths in
-``[paths]`` are resolved against the directory of the TOML file that set them (or the working
-directory for defaults, env vars and flags), so the same file works from any working directory,
-including an Airflow worker's. The resolved config is written as JSON next to each stage's output.
+``[paths]`` (and ``encoder.weights``) are resolved against the directory of the TOML file that set
+them (or the working directory for defaults, env vars and flags), so the same file works from any
+working directory, including an Airflow worker's. The resolved config is written as JSON next to
+each stage's output.
 
 Example:
     >>> cfg = load_config("conf/sspr.toml", overrides={"dedup.min_similarity": "0.9"})
@@ -77,6 +78,14 @@ class ValidationConfig:
     """Input validation."""
 
     fail_on_empty_day: bool = False  # True: a day with no input rows fails the run
+    # titles longer than this many characters (Unicode code points) are quarantined as
+    # title_too_long (the text model reads only the first encoder.text_max_tokens tokens, so a
+    # pasted description would be silently cut); 0 = no limit
+    max_title_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_title_chars < 0:
+            raise ConfigError(f"validation.max_title_chars={self.max_title_chars} must be >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,29 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """Positive training pairs from click logs (``jobs/sample_pairs.py``)."""
+
+    category_level: int = 1  # both listings must share the first N levels of their category path
+    category_separator: str = ">"  # splits a category path such as "Dairy > Milk > Oat"
+    min_relevance: float = 0.5  # zero-shot title similarity (MiniLM cosine) a pair must reach
+    max_pairs_per_trigger: int = 10  # keep the most relevant pairs of a trigger listing
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.category_level < 0:
+            problems.append("sampling.category_level must be >= 0 (0 = no category constraint)")
+        if not self.category_separator:
+            problems.append("sampling.category_separator must not be empty")
+        if not -1.0 <= self.min_relevance <= 1.0:
+            problems.append(f"sampling.min_relevance={self.min_relevance} must be in [-1, 1]")
+        if self.max_pairs_per_trigger < 1:
+            problems.append("sampling.max_pairs_per_trigger must be >= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything a stage needs, composed from the component configs."""
 
@@ -116,6 +148,7 @@ class PipelineConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain JSON-serialisable dicts (section -> key -> value)."""
@@ -180,6 +213,9 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+_PATH_KEYS = {("encoder", "weights")}  # file paths outside [paths], resolved the same way
+
+
 def _apply(
     layers: dict[str, dict[str, Any]],
     raw: Mapping[str, Any],
@@ -208,7 +244,7 @@ def _apply(
             except ConfigError as exc:
                 problems.append(str(exc))
                 continue
-            if section == "paths":
+            if section == "paths" or (section, key) in _PATH_KEYS and coerced:
                 coerced = _resolve_path(coerced, base)
             layers.setdefault(section, {})[key] = coerced
 

@@ -1,7 +1,11 @@
 """Great Expectations suites: the row rules of the listings contract and the rules of every output.
 
 Input (``listings``): each expectation carries its rule name in ``meta["rule"]``; a row that fails
-one goes to the ``quarantine`` table with that name. Rules that need the whole day
+one goes to the ``quarantine`` table with that name. Rules whose inputs are computed from the row
+(a usable title or image, the title's length, valid UTF-8) check helper columns that
+``add_helper_columns`` derives; ``jobs/validate.py`` computes ``_title_within_limit`` and
+``_text_valid_utf8`` in Spark instead, from the configured limit and the raw bytes (strings that
+are not UTF-8 cannot reach pandas at all). Rules that need the whole day
 (``listing_id_unique``: the latest ``updated_at`` wins) are applied by ``jobs/validate.py`` across
 partitions, after these row rules. GX runs on pandas batches (one per Spark partition inside
 ``mapInPandas``), because the pandas engine returns the index of every failing row, which is what
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,17 +39,37 @@ ROW_RULES: tuple[str, ...] = (
     "supplier_id_not_blank",
     "updated_at_not_null",
     "title_or_image_present",
+    "title_too_long",
+    "text_valid_utf8",
 )
 DAY_RULES: tuple[str, ...] = ("listing_id_unique",)
 ALL_RULES: tuple[str, ...] = ROW_RULES + DAY_RULES
 
+DEFAULT_MAX_TITLE_CHARS = 1000
+"""``title_too_long`` limit for callers without a config; ``ValidationConfig.max_title_chars``
+(same default, a test checks it) is what the validate stage uses."""
+
+TEXT_COLUMNS: tuple[str, ...] = (
+    "listing_id", "supplier_id", "title", "description", "category", "brand", "currency", "image_uri",
+)
+"""The string columns of the listings contract; ``text_valid_utf8`` checks each of them."""
+
 _NOT_BLANK = r"\S"
+# A character that shows: not whitespace (\s covers Unicode spaces such as U+00A0, U+3000), not a
+# control character and not an invisible format character (zero-width spaces and joiners, bidi
+# marks, variation selectors, BOM, Hangul fillers, braille blank). A title made only of such
+# characters is blank: the tokenizer drops them and the listing would get an empty text vector.
+_VISIBLE = re.compile(
+    r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+)
 
 
 def build_listings_suite(gx_module=None):
     """Builds the GX expectation suite for listing rows.
 
-    The suite expects the helper column ``_title_or_image`` (see ``add_helper_columns``).
+    The suite expects the helper columns ``_title_or_image``, ``_title_within_limit`` and
+    ``_text_valid_utf8`` (see ``add_helper_columns``).
 
     Args:
         gx_module: the imported ``great_expectations`` module (imported here when None).
@@ -63,6 +88,8 @@ def build_listings_suite(gx_module=None):
         ("supplier_id_not_blank", e.ExpectColumnValuesToMatchRegex(column="supplier_id", regex=_NOT_BLANK)),
         ("updated_at_not_null", e.ExpectColumnValuesToNotBeNull(column="updated_at")),
         ("title_or_image_present", e.ExpectColumnValuesToBeInSet(column="_title_or_image", value_set=[True])),
+        ("title_too_long", e.ExpectColumnValuesToBeInSet(column="_title_within_limit", value_set=[True])),
+        ("text_valid_utf8", e.ExpectColumnValuesToBeInSet(column="_text_valid_utf8", value_set=[True])),
     ):
         expectation.meta = {"rule": rule}
         suite.add_expectation(expectation)
@@ -76,29 +103,61 @@ def _import_gx():
     return gx
 
 
-def add_helper_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def add_helper_columns(frame: pd.DataFrame, max_title_chars: int = DEFAULT_MAX_TITLE_CHARS) -> pd.DataFrame:
     """Adds the derived columns the suite checks.
 
     Args:
         frame: listing rows with ``title``, ``image_uri`` and either ``image`` (bytes) or
             ``_has_image_bytes`` (bool, so Spark need not ship image bytes to Python to validate).
+            ``_title_within_limit`` and ``_text_valid_utf8`` are kept when present (the validate
+            stage computes them in Spark) and derived here otherwise.
+        max_title_chars: the ``title_too_long`` limit in characters when ``_title_within_limit``
+            is derived here; 0 = no limit.
 
     Returns:
-        A copy with ``_title_or_image`` (bool): a non-blank title, or image bytes / an image URI.
+        A copy with ``_title_or_image`` (bool): a title with a visible character, or image bytes /
+        an image URI; ``_title_within_limit`` (bool): the title has at most ``max_title_chars``
+        characters (or is null); ``_text_valid_utf8`` (bool): every string of ``TEXT_COLUMNS`` in
+        the frame encodes as UTF-8 (a Python string can hold lone surrogates, which cannot; such
+        strings are repaired in the copy, with "?" for each surrogate).
     """
     out = frame.copy()
-    title_ok = out["title"].fillna("").astype(str).str.strip().str.len() > 0
+    titles = out["title"].map(lambda t: t if isinstance(t, str) else "")
+    title_ok = titles.map(lambda t: _VISIBLE.search(t) is not None).astype(bool)
     has_bytes = out["image"].notna() if "image" in out else out["_has_image_bytes"].eq(True)
     image_ok = has_bytes | out["image_uri"].fillna("").astype(str).str.strip().ne("")
     out["_title_or_image"] = title_ok | image_ok
+    if "_title_within_limit" not in out:
+        out["_title_within_limit"] = True if max_title_chars == 0 else titles.str.len().le(max_title_chars)
+    if "_text_valid_utf8" not in out:
+        valid = pd.Series(True, index=out.index)
+        for column in TEXT_COLUMNS:
+            if column in out:
+                ok = out[column].map(_encodes_as_utf8).astype(bool)
+                if not ok.all():  # GX hashes the batch, which fails on such strings: repair them
+                    out.loc[~ok, column] = out.loc[~ok, column].map(
+                        lambda v: v.encode("utf-8", "replace").decode("utf-8"))
+                valid &= ok
+        out["_text_valid_utf8"] = valid
     return out
+
+
+def _encodes_as_utf8(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ListingsValidator:
     """Runs the listings suite on pandas batches; build once per process and reuse."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_title_chars: int = DEFAULT_MAX_TITLE_CHARS) -> None:
         gx = _import_gx()
+        self._max_title_chars = max_title_chars
         self._context = gx.get_context(mode="ephemeral")
         try:  # no per-batch progress bars in executor logs
             from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -126,7 +185,7 @@ class ListingsValidator:
         """
         if frame.empty:
             return pd.DataFrame({"rule": pd.Series(dtype=str), "detail": pd.Series(dtype=str)})
-        checked = add_helper_columns(frame)
+        checked = add_helper_columns(frame, self._max_title_chars)
         checked.index.name = None  # GX reports rows of a named index as dicts; plain labels are wanted
         result = self._definition.run(
             batch_parameters={"dataframe": checked}, result_format={"result_format": "COMPLETE"}

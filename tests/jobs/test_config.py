@@ -297,3 +297,13 @@ def test_config_is_frozen():
     cfg = load_config(None, environ={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.dedup.min_similarity = 0.1  # type: ignore[misc]
+
+
+def test_encoder_weights_path_resolves_against_the_config_file(tmp_path):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "sspr.toml"
+    path.write_text('[encoder]\nkind = "sspr"\nweights = "../weights/sspr.safetensors"\n')
+    cfg = load_config(path, environ={})
+    assert cfg.encoder.weights == str((tmp_path / "weights" / "sspr.safetensors").resolve())
+    assert load_config(None, environ={}).encoder.weights == ""  # empty stays empty
