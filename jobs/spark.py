@@ -3,20 +3,62 @@
 Default (one machine): an embedded Derby metastore under ``paths.metastore_dir`` and table data
 under ``paths.warehouse_dir``. On a cluster set ``warehouse.metastore_uris`` (or
 ``warehouse.metastore_jdbc_url``) and ``paths.warehouse_dir`` to shared storage; nothing else
-changes. Embedded Derby admits one JVM at a time, so warehouse-writing jobs must not overlap
-(the DAG runs its tasks one after another and allows one active run).
+changes. Embedded Derby admits one JVM at a time, so jobs on it must not overlap: every stage
+takes ``hold_metastore_lock`` before it starts Spark, and a second job (a manual rerun while the
+nightly run is going, another DAG's task) waits its turn instead of failing on a Derby lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from jobs.config import PipelineConfig
 
 log = logging.getLogger(__name__)
+
+
+LOCK_NAME = ".sspr-metastore.lock"
+
+
+_HELD_LOCKS: dict[str, object] = {}  # lock path -> open file, kept until the process exits
+
+
+def hold_metastore_lock(config: PipelineConfig) -> None:
+    """Takes the embedded Derby metastore for this process, waiting while another job has it.
+
+    Embedded Derby admits one JVM at a time; a second Spark application fails with "Another
+    instance of Derby may have already booted the database". So a job takes an OS file lock
+    (``fcntl.flock`` on ``<metastore_dir>/.sspr-metastore.lock``) before it starts Spark and
+    keeps it until the process exits, when the OS drops it (also when the job is killed). A
+    second job logs that it waits and blocks until then. Calling it again in the same process
+    does nothing. With an external metastore (``warehouse.metastore_uris`` /
+    ``metastore_jdbc_url``) or a remote metastore folder no lock is taken.
+
+    Args:
+        config: the pipeline config.
+    """
+    folder = config.paths.metastore_dir
+    if config.warehouse.metastore_uris or config.warehouse.metastore_jdbc_url or "://" in folder:
+        return
+    path = Path(folder).resolve() / LOCK_NAME
+    if str(path) in _HELD_LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("another job is using the embedded metastore in %s; waiting for it to finish "
+                    "(embedded Derby admits one job at a time)", folder)
+        started = time.monotonic()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        log.info("metastore free after %.1fs of waiting", time.monotonic() - started)
+    _HELD_LOCKS[str(path)] = handle
 
 
 def spark_conf(config: PipelineConfig) -> dict[str, str]:

@@ -211,10 +211,11 @@ def run_stage(
         log.error("%s: %s", stage, exc)
         return 2
 
-    from jobs.spark import build_spark
+    from jobs.spark import build_spark, hold_metastore_lock
 
     started = time.monotonic()
     log.info("stage %s starting for run_date %s", stage, args.run_date)
+    hold_metastore_lock(config)  # a second job on the embedded metastore waits here
     try:
         spark = build_spark(config, f"sspr-{stage}-{args.run_date}")
         ctx = StageContext(stage=stage, run_date=args.run_date, config=config, spark=spark, args=args)
