@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly test test-fast evaluate clean help
+.PHONY: install nightly test test-fast evaluate train clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,6 +42,10 @@ test-fast: install  ## the tests without the end-to-end DAG run
 
 evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md
 	$(BIN)/python -m evaluation
+
+train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors (~20 min, 2 cores)
+	$(BIN)/python jobs/train.py --shared ../shared/datasets --out encoder/weights/sspr.safetensors \
+	  --checkpoint-dir var/train --seed 0 --threads 1 --max-steps 250 --stop-after 166
 
 clean:  ## remove the local warehouse, metastore, Airflow state and reports (var/)
 	rm -rf var

@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pipeline config whose [encoder] section is evaluated")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json",
                         help="where to write the metric records")
-    parser.add_argument("--readme", type=Path, default=ROOT / "bench" / "README.md",
+    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"),
                         help="markdown file whose generated tables are replaced ('' = none)")
-    parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache",
+    parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"),
                         help="vector cache folder, keyed by model_version ('' = no cache)")
     parser.add_argument("--target-precision", type=float, default=0.9,
                         help="precision target of the calibrated threshold (default 0.9)")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
 
-    cache = VectorCache(args.cache if str(args.cache) else None)
+    cache = VectorCache(Path(args.cache) if args.cache else None)
     run = Run(
         shared=args.shared,
         methods=NeuralMethods(config.encoder, cache),
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     write_json(args.out.with_name(args.out.stem + "_details.json"), details)
-    if str(args.readme):
-        update_readme(args.readme, render_tables(records, METHOD_ORDER))
+    if args.readme:
+        update_readme(Path(args.readme), render_tables(records, METHOD_ORDER))
     logger.info("wrote %d records to %s in %.1fs", len(records), args.out,
                 time.perf_counter() - started)
     if details["calibrated_min_similarity"] is None:

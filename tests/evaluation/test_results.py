@@ -33,3 +33,13 @@ def test_committed_records_have_the_documented_shape():
     readme = (ROOT / "bench" / "README.md").read_text()
     for dataset, task in {(r["dataset"], r["task"]) for r in records}:
         assert f"#### {dataset} · {task} " in readme
+
+
+def test_trained_results_are_for_the_shipped_weights():
+    config = load_config(ROOT / "conf" / "sspr-trained.toml", environ={})
+    details = json.loads((RESULTS / "quality_sspr_details.json").read_text())
+    assert config.encoder.kind == "sspr" and Path(config.encoder.weights).is_file()
+    # retrained weights must be re-evaluated before they are committed
+    assert details["model_version"] == compute_model_version(config.encoder)
+    assert details["pipeline_min_similarity"] == config.dedup.min_similarity
+    assert details["model_version"] in config.dedup.min_similarity_source
