@@ -314,6 +314,27 @@ def _zero_shot_settings(config: EncoderConfig) -> dict[str, object]:
     }
 
 
+def check_row_aligned(titles: Sequence[object], images: Sequence[object]) -> int:
+    """Checks that titles and images are row-aligned.
+
+    Args:
+        titles: one entry per listing.
+        images: one entry (image bytes, pixels or None) per listing.
+
+    Returns:
+        The number of listings.
+
+    Raises:
+        ValueError: if the lengths differ.
+    """
+    n = len(titles)
+    if len(images) != n:
+        raise ValueError(
+            f"got {n} titles but {len(images)} images; pass one entry (or None) per listing"
+        )
+    return n
+
+
 def clean_titles(titles: Sequence[str | None]) -> tuple[list[int], list[str]]:
     """Strips titles and keeps the non-empty ones.
 
@@ -446,11 +467,7 @@ class ZeroShotEncoder:
                 neither a title nor a decodable image (its row index is named; upstream
                 validation should have quarantined it).
         """
-        n = len(titles)
-        if len(images) != n:
-            raise ValueError(
-                f"got {n} titles but {len(images)} images; pass one entry (or None) per listing"
-            )
+        n = check_row_aligned(titles, images)
         text_rows, texts = clean_titles(titles)
         image_rows, image_vectors, image_error = self._encode_images(images)
 

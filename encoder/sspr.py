@@ -102,6 +102,7 @@ from encoder.image import IMAGE_DIM, IMAGE_PREPROCESSING, ImageTower, decode_ima
 from encoder.model import (
     EncodedListings,
     check_not_empty,
+    check_row_aligned,
     clean_titles,
     given_image_rows,
     resolve_device,
@@ -366,11 +367,7 @@ class SsprEncoder(nn.Module):
             ValueError: if the lengths differ, a title is not a str / None, or an image has
                 the wrong shape.
         """
-        n = len(titles)
-        if len(pixels) != n:
-            raise ValueError(
-                f"got {n} titles but {len(pixels)} images; pass one entry (or None) per listing"
-            )
+        n = check_row_aligned(titles, pixels)
         text_rows, texts = clean_titles(titles)
         tokenizer = self.text_tower.tokenizer
         encoded = (
@@ -534,11 +531,7 @@ class SsprEncoder(nn.Module):
                 neither a title nor a decodable image (its row index is named; upstream
                 validation should have quarantined it).
         """
-        n = len(titles)
-        if len(images) != n:
-            raise ValueError(
-                f"got {n} titles but {len(images)} images; pass one entry (or None) per listing"
-            )
+        n = check_row_aligned(titles, images)
         text_rows, texts = clean_titles(titles)
         given = set(given_image_rows(images))
         title_of: list[str | None] = [None] * n

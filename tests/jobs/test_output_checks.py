@@ -223,7 +223,7 @@ def test_failed_check_leaves_the_published_partition_untouched(spark, pipeline_c
 
 def test_groups_stage_exits_2_and_publishes_neither_table(spark, pipeline_config, tmp_path, monkeypatch, caplog):
     """The real groups stage under run_stage: a bad group_members frame keeps groups unwritten too."""
-    from jobs import groups, spark as spark_module, stage
+    from jobs import groups, stage
     from jobs.warehouse import publish
 
     run_date = "2024-05-02"
@@ -245,7 +245,6 @@ def test_groups_stage_exits_2_and_publishes_neither_table(spark, pipeline_config
         return rows, _frame(spark, "group_members", bad_members), rows
 
     monkeypatch.setattr(groups, "group_pairs", fake_group_pairs)
-    monkeypatch.setattr(spark_module, "build_spark", lambda config, app_name: spark)
     monkeypatch.setattr(stage, "configure_logging", lambda: None)  # keep pytest's log capture
     paths = pipeline_config.paths
     argv = ["--run-date", run_date, "--set", f"paths.runs_dir={tmp_path}",
