@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly test test-fast evaluate train clean help
+.PHONY: install nightly test test-fast evaluate train lexical clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -41,7 +41,11 @@ test-fast: install  ## the tests without the end-to-end DAG run
 	$(BIN)/python -m pytest -m "not e2e"
 
 evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md
-	$(BIN)/python -m evaluation
+	$(BIN)/python -m evaluation --compare 'sspr=conf/sspr.toml,encoder.lexical_weight=0' \
+	  --compare 'zero-shot=conf/sspr.toml,encoder.kind=zero-shot,encoder.weights=,encoder.lexical_weight=0'
+
+lexical: install  ## fit the hybrid encoder's IDF table on WDC train titles into encoder/weights/lexical-idf.npy
+	$(BIN)/python -m jobs.fit_lexical --shared ../shared/datasets --out encoder/weights/lexical-idf.npy
 
 train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors (~20 min, 2 cores)
 	$(BIN)/python jobs/train.py --shared ../shared/datasets --out encoder/weights/sspr.safetensors \

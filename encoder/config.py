@@ -50,6 +50,12 @@ class EncoderConfig:
     # kind="sspr" only: safetensors file of the trained adapters/projections (encoder.sspr
     # save_trainable); "" = the untrained, seeded init. Base weights still come from the packages.
     weights: str = ""
+    # Hybrid (encoder.hybrid): weight w of the hashed character n-gram similarity of the titles
+    # (encoder.lexical) in every similarity; 0 = the pure neural encoder. In [0, 1).
+    lexical_weight: float = 0.0
+    lexical_buckets: int = 2048  # width of the lexical part (hash columns); used when w > 0
+    # .npy IDF table from `python -m jobs.fit_lexical` (lexical_buckets entries); "" = IDF 1
+    lexical_idf: str = ""
 
     def __post_init__(self) -> None:
         """Validates every field and reports all problems in one ValueError."""
@@ -104,6 +110,20 @@ class EncoderConfig:
             problems.append(
                 f"encoder.weights={self.weights!r} is only used by kind='sspr' (kind is "
                 f"{self.kind!r}); set weights='' or kind='sspr'"
+            )
+        w = self.lexical_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+            problems.append(
+                f"encoder.lexical_weight={w!r} must be a number in [0, 1) (0 = no lexical part)"
+            )
+        if not _is_int(self.lexical_buckets) or not 1 <= self.lexical_buckets <= 1 << 20:
+            problems.append(
+                f"encoder.lexical_buckets={self.lexical_buckets!r} must be an integer in "
+                "[1, 1048576]"
+            )
+        if not isinstance(self.lexical_idf, str):
+            problems.append(
+                f"encoder.lexical_idf={self.lexical_idf!r} must be a path string ('' = IDF 1)"
             )
         if problems:
             raise ValueError("invalid EncoderConfig: " + "; ".join(problems))

@@ -294,8 +294,16 @@ def compute_model_version(config: EncoderConfig) -> str:
     if config.kind == "sspr":
         from encoder.sspr import version_settings  # lazy: encoder.sspr imports this module
 
-        return version_from_settings(version_settings(config))
-    return version_from_settings(_zero_shot_settings(config))
+        base = version_from_settings(version_settings(config))
+    else:
+        base = version_from_settings(_zero_shot_settings(config))
+    if config.lexical_weight > 0:
+        from encoder.hybrid import hybrid_settings
+        from encoder.lexical import LexicalVectorizer
+
+        digest = LexicalVectorizer(config.lexical_buckets, config.lexical_idf).idf_digest
+        return version_from_settings(hybrid_settings(config, base, digest))
+    return base
 
 
 def _zero_shot_settings(config: EncoderConfig) -> dict[str, object]:
@@ -444,7 +452,7 @@ class ZeroShotEncoder:
     def model_version(self) -> str:
         """16 hex digits over weight bytes, kind and preprocessing settings."""
         if self._model_version is None:
-            self._model_version = compute_model_version(self.config)
+            self._model_version = version_from_settings(_zero_shot_settings(self.config))
         return self._model_version
 
     def encode(
@@ -562,7 +570,8 @@ def build_encoder(config: EncoderConfig, gpu_addresses: Sequence[str] = ()) -> L
 
     Returns:
         A ready encoder in eval mode (``ZeroShotEncoder`` for ``kind="zero-shot"``,
-        ``encoder.sspr.SsprEncoder`` for ``kind="sspr"``).
+        ``encoder.sspr.SsprEncoder`` for ``kind="sspr"``), wrapped in
+        ``encoder.hybrid.HybridEncoder`` when ``config.lexical_weight`` > 0.
 
     Raises:
         ValueError: for an unknown kind (the message lists the known ones) or an unusable
@@ -571,4 +580,9 @@ def build_encoder(config: EncoderConfig, gpu_addresses: Sequence[str] = ()) -> L
     factory = _ENCODERS.get(config.kind)
     if factory is None:
         raise ValueError(f"unknown encoder kind {config.kind!r}; known kinds: {sorted(_ENCODERS)}")
-    return factory(config, gpu_addresses)
+    encoder = factory(config, gpu_addresses)
+    if config.lexical_weight > 0:
+        from encoder.hybrid import HybridEncoder  # lazy: encoder.hybrid imports this module
+
+        encoder = HybridEncoder(encoder, config)
+    return encoder

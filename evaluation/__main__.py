@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="markdown file whose generated tables are replaced ('' = none)")
     parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"),
                         help="vector cache folder, keyed by model_version ('' = no cache)")
+    parser.add_argument("--compare", action="append", default=[],
+                        metavar="LABEL=CONFIG[,section.key=value...]",
+                        help="also score the encoder of another pipeline config (with optional "
+                        "overrides), as methods LABEL:m / LABEL:t / LABEL:i; repeatable. E.g. "
+                        "the pure trained model: --compare "
+                        "'sspr=conf/sspr.toml,encoder.lexical_weight=0'")
     parser.add_argument("--target-precision", type=float, default=0.9,
                         help="precision target of the calibrated threshold (default 0.9)")
     parser.add_argument("--bootstrap", type=int, default=1000,
@@ -72,6 +78,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated task groups to run, in order (default all: "
                         f"{','.join(TASKS)}); leipzig needs wdc's thresholds")
     return parser.parse_args(argv)
+
+
+def parse_compare(item: str) -> tuple[str, str, dict[str, str]]:
+    """Splits a ``--compare`` value ``LABEL=CONFIG[,section.key=value...]``.
+
+    Returns:
+        ``(label, config path, {section.key: value})``.
+
+    Raises:
+        ConfigError: when the value does not have that shape.
+    """
+    label, sep, rest = item.partition("=")
+    path, *pairs = rest.split(",")
+    overrides = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or "." not in key:
+            raise ConfigError(f"--compare {item!r}: override {pair!r} is not section.key=value")
+        overrides[key.strip()] = value.strip()
+    if not sep or not label.strip() or not path.strip():
+        raise ConfigError(f"--compare {item!r}: use LABEL=CONFIG[,section.key=value...]")
+    return label.strip(), path.strip(), overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config)
+        compared = {}
+        for item in args.compare:
+            label, path, overrides = parse_compare(item)
+            if label == "encoder" or ":" in label or label in compared:
+                raise ConfigError(f"--compare {item!r}: the label must be new, not 'encoder', "
+                                  "and without ':'")
+            compared[label] = load_config(Path(path), overrides)
     except ConfigError as error:
         logger.error("%s", error)
         return 2
@@ -111,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         n_bootstrap=args.bootstrap,
         pipeline_threshold=config.dedup.min_similarity,
+        compare={label: NeuralMethods(other.encoder, cache) for label, other in compared.items()},
     )
     started = time.perf_counter()
     for name in tasks:
@@ -122,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         **run.details,
         "model_version": run.methods.model_version,
         "encoder": config.encoder.__dict__,
+        "compared": {label: {"option": item, "model_version": run.compare[label].model_version,
+                             "encoder": compared[label].encoder.__dict__}
+                     for label, item in zip(compared, args.compare)},
         "target_precision": args.target_precision,
         "limit": args.limit,
         "thresholds": run.thresholds,
@@ -133,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out.with_name(args.out.stem + "_details.json"), details)
     if args.readme:
-        update_readme(Path(args.readme), render_tables(records, METHOD_ORDER))
+        order = METHOD_ORDER + [encoder_method(v, label) for label in compared for v in "mti"]
+        update_readme(Path(args.readme), render_tables(records, order))
     logger.info("wrote %d records to %s in %.1fs", len(records), args.out,
                 time.perf_counter() - started)
     if details["calibrated_min_similarity"] is None:

@@ -10,7 +10,12 @@ records is the inner product of their rows:
 * ``efficientnet-lite0 (zero-shot)`` — the pretrained image model, pooled
   (``encoder.image.ImageTower``).
 * ``encoder:m`` / ``encoder:t`` / ``encoder:i`` — the project's current encoder
-  (``encoder.build_encoder``), as the pipeline would run it.
+  (``encoder.build_encoder``), as the pipeline would run it; ``<label>:m`` etc. for the other
+  encoders a run compares (``--compare LABEL=CONFIG``).
+
+A hybrid encoder (``encoder.hybrid``) is evaluated from its neural part's cached vectors plus
+the lexical vectors of the titles (``HybridEncoder.join``, the code the pipeline runs), so a
+hybrid and its pure model share one cache entry.
 
 Neural vectors are cached under ``<cache>/<method key>/<name>-<input digest>.npz``; the method
 key contains the ``model_version`` (or the weights digest for a baseline), so a new model never
@@ -40,9 +45,14 @@ EFFICIENTNET = "efficientnet-lite0 (zero-shot)"
 ENCODER_VIEWS = ("m", "t", "i")
 
 
-def encoder_method(view: str) -> str:
-    """Returns the method name of one view of the project's encoder, e.g. ``encoder:m``."""
-    return f"encoder:{view}"
+def encoder_method(view: str, label: str = "encoder") -> str:
+    """Returns the method name of one view of an encoder, e.g. ``encoder:m``.
+
+    Args:
+        view: ``m``, ``t`` or ``i``.
+        label: ``encoder`` for the project's encoder, else a compared encoder's label.
+    """
+    return f"{label}:{view}"
 
 
 def tfidf_vectors(texts: Sequence[str]) -> sp.csr_matrix:
@@ -232,11 +242,48 @@ class NeuralMethods:
             name: a readable name of the record set (for the cache and logs).
             titles: one title (or None) per record.
             paths: one image path (or None) per record.
-            views: which of ``m``, ``t``, ``i`` to return (and cache).
+            views: which of ``m``, ``t``, ``i`` to return.
 
         Returns:
             ``{view: float32 [n, dim]}`` for the requested views.
         """
+        from encoder.hybrid import HybridEncoder
+
+        encoder = self.encoder
+        if not isinstance(encoder, HybridEncoder):
+            return self.encode_neural(name, titles, paths, views)
+        # the neural part from its own cache entry, then the pipeline's join
+        wanted = tuple(v for v in ENCODER_VIEWS if v in views or v == "t")
+        arrays = self.encode_neural(name, titles, paths, wanted)
+        n = len(titles)
+        zeros = np.zeros((n, encoder.base.dim), dtype=np.float32)
+        image = arrays.get("i", zeros)
+        from encoder.model import EncodedListings
+
+        base = EncodedListings(
+            m=arrays["m"] if "m" in arrays else zeros, t=arrays["t"], i=image,
+            has_text=np.abs(arrays["t"]).sum(axis=1) > 0,
+            has_image=np.abs(image).sum(axis=1) > 0,
+            image_error=[None] * n, model_version=encoder.base.model_version,
+        )
+        joined = encoder.join(base, titles)
+        return {view: getattr(joined, view) for view in views}
+
+    def encode_neural(
+        self,
+        name: str,
+        titles: Sequence[str | None],
+        paths: Sequence[str | None],
+        views: Sequence[str] = ENCODER_VIEWS,
+    ) -> dict[str, np.ndarray]:
+        """Embeds records with the neural part of the project's encoder (itself, if not hybrid).
+
+        Args and returns as ``encode``; vectors are cached under the neural model_version.
+        """
+        from encoder.hybrid import HybridEncoder
+
+        encoder = self.encoder
+        neural = encoder.base if isinstance(encoder, HybridEncoder) else encoder
         inputs = [f"{t}\x00{p}" for t, p in zip(titles, paths)]
 
         def compute() -> dict[str, np.ndarray]:
@@ -247,10 +294,10 @@ class NeuralMethods:
                     None if p is None else Path(p).read_bytes()
                     for p in paths[start : start + size]
                 ]
-                encoded = self.encoder.encode(list(titles[start : start + size]), images)
+                encoded = neural.encode(list(titles[start : start + size]), images)
                 for view in views:
                     out[view].append(getattr(encoded, view))
             return {v: np.concatenate(parts) for v, parts in out.items()}
 
-        key = f"encoder-{self.model_version}"
+        key = f"encoder-{neural.model_version}"
         return self.cache.fetch(key, f"{name}-{''.join(views)}", inputs, compute)

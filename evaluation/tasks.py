@@ -102,6 +102,7 @@ class Run:
         n_bootstrap: bootstrap resamples of the calibration.
         pipeline_threshold: the configured ``dedup.min_similarity``; the encoder's ``m`` is also
             scored at it (kind ``pipeline``), to show what the nightly job does on real data.
+        compare: other encoders scored in the same run, by label (methods ``<label>:m`` etc.).
         records: the metric records so far.
         thresholds: per method, threshold kind -> value: ``wdc-valid-f1`` (best F1 on WDC
             valid), ``wdc-p<target>`` (calibrated to the precision target on WDC valid, absent
@@ -115,6 +116,7 @@ class Run:
     limit: int | None = None
     n_bootstrap: int = 1000
     pipeline_threshold: float | None = None
+    compare: dict[str, NeuralMethods] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     details: dict = field(default_factory=lambda: {"calibration": {}, "timings_s": {}})
@@ -143,6 +145,15 @@ class Run:
         """Appends MRR and Recall@k records for first-relevant ranks."""
         for metric, value in retrieval_metrics(ranks, DEFAULT_KS).items():
             self.add(dataset, task, method, metric, value, len(ranks))
+
+    @property
+    def encoders(self) -> dict[str, NeuralMethods]:
+        """Every encoder of the run by label: ``encoder`` (the project's) first."""
+        return {"encoder": self.methods, **self.compare}
+
+    def methods_for(self, base: tuple[str, ...], views: str) -> tuple[str, ...]:
+        """``base`` plus the given views of every compared encoder."""
+        return base + tuple(encoder_method(v, label) for label in self.compare for v in views)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -176,10 +187,11 @@ def text_vectors(run: Run, name: str, texts: list[str], methods: tuple[str, ...]
         out[TFIDF] = tfidf_vectors(texts)
     if MINILM in methods:
         out[MINILM] = run.methods.minilm(name, texts)
-    views = [m.split(":")[1] for m in methods if m.startswith("encoder:")]
-    if views:
-        encoded = run.methods.encode(name, texts, [None] * len(texts), views=tuple(views))
-        out.update({encoder_method(v): encoded[v] for v in views})
+    for label, neural in run.encoders.items():
+        views = [m.split(":")[1] for m in methods if m.startswith(f"{label}:")]
+        if views:
+            encoded = neural.encode(name, texts, [None] * len(texts), views=tuple(views))
+            out.update({encoder_method(v, label): encoded[v] for v in views})
     return out
 
 
@@ -227,7 +239,8 @@ def evaluate_wdc(run: Run) -> None:
     used = pd.concat([valid, *tests.values()])
     offers = offers[offers["id"].isin(used["id_left"]) | offers["id"].isin(used["id_right"])]
     offers = offers.reset_index(drop=True)
-    vectors = text_vectors(run, "wdc-offers", offers["title"].tolist(), TEXT_METHODS)
+    vectors = text_vectors(run, "wdc-offers", offers["title"].tolist(),
+                           run.methods_for(TEXT_METHODS, "mt"))
 
     def sims(matrix: Matrix, pairs: pd.DataFrame) -> np.ndarray:
         return pair_similarities(
@@ -267,17 +280,81 @@ def evaluate_wdc(run: Run) -> None:
                                suffix=f"@{kind}")
 
     for split, pairs in tests.items():
-        ids = pd.concat([pairs["id_left"], pairs["id_right"]]).drop_duplicates()
-        subset = offers[offers["id"].isin(ids)]
-        rows = subset.index.to_numpy()
-        clusters = subset["cluster_id"].to_numpy()
-        exclude = np.eye(len(rows), dtype=bool)
-        relevant = (clusters[:, None] == clusters[None, :]) & ~exclude
-        queries = relevant.any(axis=1)
+        rows, clusters = _pair_offers(offers, pairs)
         for method, matrix in vectors.items():
-            gallery = matrix[rows]
-            ranks = rank_queries(gallery[queries], gallery, relevant[queries], exclude[queries])
-            run.add_ranks(f"wdc:{split}", "retrieval", method, ranks)
+            run.add_ranks(f"wdc:{split}", "retrieval", method, _cluster_ranks(matrix[rows], clusters))
+    sweep_lexical_weight(run, offers, valid)
+
+
+def _pair_offers(offers: pd.DataFrame, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers in ``offers`` of the offers that ``pairs`` use, and their cluster ids."""
+    ids = pd.concat([pairs["id_left"], pairs["id_right"]]).drop_duplicates()
+    subset = offers[offers["id"].isin(ids)]
+    return subset.index.to_numpy(), subset["cluster_id"].to_numpy()
+
+
+def _cluster_ranks(gallery: Matrix, clusters: np.ndarray) -> np.ndarray:
+    """First-relevant ranks of each record against the others (hit = same cluster).
+
+    Records alone in their cluster are no queries; a record never retrieves itself.
+    """
+    exclude = np.eye(len(clusters), dtype=bool)
+    relevant = (clusters[:, None] == clusters[None, :]) & ~exclude
+    queries = relevant.any(axis=1)
+    return rank_queries(gallery[queries], gallery, relevant[queries], exclude[queries])
+
+
+LEXICAL_WEIGHTS = tuple(round(0.1 * k, 1) for k in range(10))
+LEXICAL_WEIGHT_RULE = (
+    "the lexical weight in {0.0, 0.1, ..., 0.9} with the highest retrieval MRR over the offers "
+    "of WDC 000un_valid_medium (hit = same cluster_id); a tie goes to the smaller weight. MRR, "
+    "not pair F1: it is the paper's metric and needs no threshold, so the weight and the "
+    "threshold (calibrated afterwards) are chosen separately"
+)
+
+
+def sweep_lexical_weight(run: Run, offers: pd.DataFrame, valid: pd.DataFrame) -> None:
+    """Scores the hybrid of the project's neural encoder at each weight on WDC valid_medium.
+
+    For ``w`` in ``LEXICAL_WEIGHTS`` the vectors are ``encoder.lexical.combine`` of the neural
+    ``m`` and the lexical vectors the config describes (``lexical_buckets``, ``lexical_idf``):
+    what ``encoder.hybrid`` would ship at that weight. Records retrieval MRR and best pair F1
+    per weight (method ``encoder:m``, metrics ``mrr@w=0.2`` etc.) and, in
+    ``details["lexical_weight"]``, the weight ``LEXICAL_WEIGHT_RULE`` picks next to the
+    configured one. Only valid_medium is read.
+    """
+    from encoder.lexical import LexicalVectorizer, combine
+
+    config = run.methods.encoder_config
+    titles = offers["title"].tolist()
+    neural = run.methods.encode_neural("wdc-offers", titles, [None] * len(titles), ("m", "t"))
+    has_text = np.abs(neural["t"]).sum(axis=1) > 0
+    lexical = LexicalVectorizer(config.lexical_buckets, config.lexical_idf).transform(
+        [t.strip() if has else None for t, has in zip(titles, has_text)]
+    )
+    rows, clusters = _pair_offers(offers, valid)
+    left, right = _rows(offers["id"], valid["id_left"]), _rows(offers["id"], valid["id_right"])
+    labels = valid["label"].to_numpy()
+    best_weight, best_mrr = None, -1.0
+    for weight in LEXICAL_WEIGHTS:
+        hybrid = combine(neural["m"], lexical, weight)
+        ranks = _cluster_ranks(hybrid[rows], clusters)
+        mrr = retrieval_metrics(ranks, DEFAULT_KS)["mrr"]
+        f1 = best_f1_threshold(pair_similarities(hybrid, left, right), labels).scores.f1
+        run.add("wdc:valid_medium", "lexical-weight sweep", encoder_method("m"), f"mrr@w={weight:.1f}",
+                mrr, len(ranks))
+        run.add("wdc:valid_medium", "lexical-weight sweep", encoder_method("m"),
+                f"best_f1@w={weight:.1f}", f1, len(valid))
+        if mrr > best_mrr:
+            best_weight, best_mrr = weight, mrr
+    run.details["lexical_weight"] = {
+        "rule": LEXICAL_WEIGHT_RULE,
+        "chosen": best_weight,
+        "chosen_mrr": round(float(best_mrr), 6),
+        "configured": float(config.lexical_weight),
+    }
+    logger.info("lexical weight by the valid_medium MRR rule: %.1f (MRR %.4f); the config has %.1f",
+                best_weight, best_mrr, config.lexical_weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +380,7 @@ def evaluate_leipzig(run: Run) -> None:
         task = read_leipzig_matching(run.shared, name, run.limit)
         dataset = f"leipzig:{name}"
         texts = task.left["title"].tolist() + task.right["title"].tolist()
-        vectors = text_vectors(run, f"leipzig-{name}", texts, TEXT_METHODS)
+        vectors = text_vectors(run, f"leipzig-{name}", texts, run.methods_for(TEXT_METHODS, "mt"))
         n_left, n_right = len(task.left), len(task.right)
         truth = _labelled_cross_pairs(task, n_left, n_right)
         queries = truth.any(axis=1)
@@ -429,19 +506,21 @@ def evaluate_grocery(run: Run) -> None:
         [photos[photos["split"].isin(("train", "test"))], catalog], ignore_index=True
     )
     paths, titles = records["path"].tolist(), records["title"].tolist()
-    encoded = run.methods.encode("grocery", titles, paths)
     vectors: dict[str, Matrix] = {
         TFIDF: tfidf_vectors(titles),
         MINILM: run.methods.minilm("grocery-titles", titles),
         EFFICIENTNET: run.methods.efficientnet("grocery-images", paths),
-        **{encoder_method(v): encoded[v] for v in ("m", "t", "i")},
     }
+    for label, neural in run.encoders.items():
+        encoded = neural.encode("grocery", titles, paths)
+        vectors.update({encoder_method(v, label): encoded[v] for v in ("m", "t", "i")})
     split, classes = records["split"].to_numpy(), records["fine_id"].to_numpy()
     query = split == "test"
     for gallery_split, task, methods, dataset in (
-        ("train", "photo->photo", IMAGE_METHODS, "grocery:images"),
-        ("catalog", "photo->catalog", IMAGE_METHODS, "grocery:images"),
-        ("train", "photo->photo (constructed titles)", MULTIMODAL_METHODS, "grocery:multimodal"),
+        ("train", "photo->photo", run.methods_for(IMAGE_METHODS, "i"), "grocery:images"),
+        ("catalog", "photo->catalog", run.methods_for(IMAGE_METHODS, "i"), "grocery:images"),
+        ("train", "photo->photo (constructed titles)", run.methods_for(MULTIMODAL_METHODS, "tim"),
+         "grocery:multimodal"),
     ):
         gallery = split == gallery_split
         relevant = classes[query][:, None] == classes[gallery][None, :]

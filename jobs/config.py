@@ -213,7 +213,7 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-_PATH_KEYS = {("encoder", "weights")}  # file paths outside [paths], resolved the same way
+_PATH_KEYS = {("encoder", "weights"), ("encoder", "lexical_idf")}  # file paths outside [paths], resolved the same way
 
 
 def _apply(

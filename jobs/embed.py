@@ -35,11 +35,12 @@ encoder package, and the output check fails the stage if the encoder ever disagr
 """
 
 
-def encoder_dim(kind: str) -> int:
-    """Returns the vector width of an encoder kind.
+def encoder_dim(config) -> int:
+    """Returns the vector width of the encoder a config builds.
 
     Args:
-        kind: ``EncoderConfig.kind``.
+        config: ``EncoderConfig``; a hybrid (``lexical_weight`` > 0) adds ``lexical_buckets``
+            to the width of its kind (``encoder.hybrid``).
 
     Returns:
         The width of its m / t / i vectors.
@@ -47,9 +48,10 @@ def encoder_dim(kind: str) -> int:
     Raises:
         DedupError: for a kind without a known width.
     """
-    if kind not in ENCODER_DIMS:
-        raise DedupError(f"no vector width known for encoder kind {kind!r}; add it to jobs.embed.ENCODER_DIMS")
-    return ENCODER_DIMS[kind]
+    if config.kind not in ENCODER_DIMS:
+        raise DedupError(f"no vector width known for encoder kind {config.kind!r}; add it to "
+                         "jobs.embed.ENCODER_DIMS")
+    return ENCODER_DIMS[config.kind] + (config.lexical_buckets if config.lexical_weight > 0 else 0)
 
 
 def embed_listings(listings, encoder_config: dict, partitions: int):
@@ -114,7 +116,7 @@ def run(ctx: StageContext) -> StageResult:
         ).first()
         versions = [r[0] for r in out.filter("NOT is_deleted").select("model_version").distinct().collect()]
         written = publish(ctx.spark, {"embeddings": out}, ctx.database, {"run_date": ctx.run_date},
-                          embedding_dim=encoder_dim(ctx.config.encoder.kind))["embeddings"]
+                          embedding_dim=encoder_dim(ctx.config.encoder))["embeddings"]
     finally:
         out.unpersist()
     deleted = int(stats["deleted"] or 0)

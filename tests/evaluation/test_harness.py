@@ -20,10 +20,12 @@ from evaluation.datasets import read_leipzig_matching
 from evaluation.report import BEGIN, END, render_tables, update_readme
 from evaluation.tasks import group_labels, threshold_pairs
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "datasets"
 LIMIT = 100
-TEXT = ["tfidf-char3-5", "minilm (zero-shot)", "encoder:m", "encoder:t"]
-IMAGE = ["efficientnet-lite0 (zero-shot)", "encoder:i"]
+# the shipped config (hybrid) plus, compared in the same run, its pure neural model as "pure"
+TEXT = ["tfidf-char3-5", "minilm (zero-shot)", "encoder:m", "encoder:t", "pure:m", "pure:t"]
+IMAGE = ["efficientnet-lite0 (zero-shot)", "encoder:i", "pure:i"]
 EXPECTED = {
     ("wdc:valid_medium", "pair-classification"): TEXT,
     **{(f"wdc:{s}", "pair-classification"): TEXT for s in ("000un_gs", "050un_gs", "100un_gs")},
@@ -42,6 +44,9 @@ EXPECTED = {
         "encoder:t",
         "encoder:i",
         "encoder:m",
+        "pure:t",
+        "pure:i",
+        "pure:m",
     ],
 }
 needs_shared = pytest.mark.skipif(
@@ -64,6 +69,7 @@ def subset_run(tmp_path_factory):
         "--cache", str(out / "cache"),
         "--bootstrap", "50",
         "--target-precision", "0.6",
+        "--compare", "pure=" + str(ROOT / "conf" / "sspr.toml") + ",encoder.lexical_weight=0",
     ]
     (out / "README.md").write_text(f"# notes kept\n\n{BEGIN}\nSTALE-TABLE\n{END}\ntail kept\n")
     assert main(args) == 0
@@ -92,6 +98,52 @@ def test_every_task_and_method_is_reported(subset_run):
         r["method"] for r in records if r["metric"] in ("f1_groups@pipeline", "f1@pipeline")
     }
     assert pipeline == {"encoder:m"}
+
+
+@needs_shared
+@pytest.mark.slow
+def test_lexical_weight_sweep_and_the_compared_pure_model(subset_run):
+    out, _ = subset_run
+    records = _records(out)
+    details = json.loads((out / "quality_details.json").read_text())
+    sweep = {r["metric"]: r["value"] for r in records if r["task"] == "lexical-weight sweep"}
+    mrr = {float(k.split("=")[1]): v for k, v in sweep.items() if k.startswith("mrr@w=")}
+    assert sorted(mrr) == [round(0.1 * k, 1) for k in range(10)]
+    assert len([k for k in sweep if k.startswith("best_f1@w=")]) == 10
+    # the rule: highest valid MRR, ties to the smaller weight, recomputed from the records
+    best = max(mrr.values())
+    assert details["lexical_weight"]["chosen"] == min(w for w, v in mrr.items() if v == best)
+    assert details["lexical_weight"]["configured"] == 0.2  # conf/sspr.toml
+    # the hybrid's i carries no lexical part: its image retrieval is the pure model's
+    grocery = [r for r in records if r["dataset"] == "grocery:images"]
+    for metric in ("mrr", "recall@1"):
+        values = {r["method"]: r["value"] for r in grocery if r["metric"] == metric and r["task"] == "photo->photo"}
+        assert values["encoder:i"] == values["pure:i"]
+    # ... while the text views differ (the lexical part is there)
+    wdc = {r["method"]: r["value"] for r in records
+           if (r["dataset"], r["task"], r["metric"]) == ("wdc:100un_gs", "retrieval", "mrr")}
+    assert wdc["encoder:t"] != wdc["pure:t"]
+    assert details["compared"]["pure"]["model_version"] != details["model_version"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("a=conf/x.toml", ("a", "conf/x.toml", {})),
+    ("a=conf/x.toml,encoder.kind=zero-shot,encoder.weights=",
+     ("a", "conf/x.toml", {"encoder.kind": "zero-shot", "encoder.weights": ""})),
+])
+def test_parse_compare(value, expected):
+    from evaluation.__main__ import parse_compare
+
+    assert parse_compare(value) == expected
+
+
+@pytest.mark.parametrize("value", ["conf/x.toml", "a=", "=conf/x.toml", "a=conf/x.toml,kind"])
+def test_parse_compare_rejects(value):
+    from evaluation.__main__ import parse_compare
+    from jobs.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--compare"):
+        parse_compare(value)
 
 
 @needs_shared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,9 +21,23 @@ def test_committed_results_are_for_the_shipped_encoder_and_threshold():
     assert details["pipeline_min_similarity"] == config.dedup.min_similarity
     # the config says where its threshold came from, naming the evaluated model
     assert details["model_version"] in config.dedup.min_similarity_source
-    calibrated = details["calibrated_min_similarity"]
-    if calibrated is not None:
-        assert config.dedup.min_similarity == calibrated
+    # the shipped threshold is the calibrated one (dedup.calibration.calibrate on valid_medium)
+    assert details["calibrated_min_similarity"] is not None
+    assert config.dedup.min_similarity == details["calibrated_min_similarity"]
+    # the shipped lexical weight is the one the fixed valid_medium rule chose
+    assert details["lexical_weight"]["chosen"] == config.encoder.lexical_weight > 0
+
+
+def test_compared_rows_are_the_pure_trained_and_the_zero_shot_encoder():
+    """bench/README.md shows zero-shot, trained and hybrid side by side (issue: eSSPR encoder)."""
+    config = load_config(ROOT / "conf" / "sspr.toml", environ={})
+    details = json.loads((RESULTS / "quality_details.json").read_text())
+    pure = dataclasses.replace(config.encoder, lexical_weight=0.0)
+    zero_shot = dataclasses.replace(pure, kind="zero-shot", weights="")
+    assert details["compared"]["sspr"]["model_version"] == compute_model_version(pure)
+    assert details["compared"]["zero-shot"]["model_version"] == compute_model_version(zero_shot)
+    methods = {r["method"] for r in json.loads((RESULTS / "quality.json").read_text())}
+    assert {"encoder:m", "sspr:m", "zero-shot:m", "encoder:i", "sspr:i", "zero-shot:i"} <= methods
 
 
 def test_committed_records_have_the_documented_shape():
@@ -35,11 +50,3 @@ def test_committed_records_have_the_documented_shape():
         assert f"#### {dataset} · {task} " in readme
 
 
-def test_trained_results_are_for_the_shipped_weights():
-    config = load_config(ROOT / "conf" / "sspr-trained.toml", environ={})
-    details = json.loads((RESULTS / "quality_sspr_details.json").read_text())
-    assert config.encoder.kind == "sspr" and Path(config.encoder.weights).is_file()
-    # retrained weights must be re-evaluated before they are committed
-    assert details["model_version"] == compute_model_version(config.encoder)
-    assert details["pipeline_min_similarity"] == config.dedup.min_similarity
-    assert details["model_version"] in config.dedup.min_similarity_source

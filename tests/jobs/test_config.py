@@ -53,7 +53,11 @@ def test_shipped_config_loads_and_paths_resolve_against_conf_dir(tmp_path, monke
         assert not str(value).startswith(str(tmp_path)), name
     assert cfg.spark.shuffle_partitions == 2
     assert cfg.encoder.num_threads == 1
-    assert cfg.dedup.min_similarity == 0.88
+    # the encoder's files resolve against conf/ too, and exist
+    assert Path(cfg.encoder.weights) == (REPO / "encoder" / "weights" / "sspr.safetensors").resolve()
+    assert Path(cfg.encoder.lexical_idf) == (REPO / "encoder" / "weights" / "lexical-idf.npy").resolve()
+    assert Path(cfg.encoder.weights).is_file() and Path(cfg.encoder.lexical_idf).is_file()
+    assert 0.0 < cfg.dedup.min_similarity < 1.0
 
 
 def test_shipped_config_same_result_from_any_cwd(tmp_path, monkeypatch):

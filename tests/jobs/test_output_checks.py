@@ -178,18 +178,24 @@ def test_checks_need_their_inputs(spark):
 
 
 def test_encoder_dims_match_the_encoder():
-    from encoder.config import ENCODER_KINDS
+    from types import SimpleNamespace
+
+    from encoder.config import ENCODER_KINDS, EncoderConfig
     from encoder.image import IMAGE_DIM
     from encoder.text import TEXT_DIM
     from jobs.embed import ENCODER_DIMS, encoder_dim
 
     assert set(ENCODER_DIMS) == set(ENCODER_KINDS)
-    assert encoder_dim("zero-shot") == TEXT_DIM + IMAGE_DIM == 1664  # encoder/model.py: [text | image]
+    zero_shot = EncoderConfig(kind="zero-shot")
+    assert encoder_dim(zero_shot) == TEXT_DIM + IMAGE_DIM == 1664  # encoder/model.py: [text | image]
     from encoder.sspr import SSPR_DIM
 
-    assert encoder_dim("sspr") == SSPR_DIM
+    assert encoder_dim(EncoderConfig(kind="sspr")) == SSPR_DIM
+    # a hybrid appends the lexical columns (encoder/hybrid.py)
+    hybrid = EncoderConfig(kind="sspr", lexical_weight=0.2, lexical_buckets=100)
+    assert encoder_dim(hybrid) == SSPR_DIM + 100
     with pytest.raises(DedupError, match="no vector width known"):
-        encoder_dim("not-a-kind")
+        encoder_dim(SimpleNamespace(kind="not-a-kind", lexical_weight=0.0, lexical_buckets=0))
 
 
 # --- publish: nothing is written unless every output passes --------------------------------------
