@@ -269,13 +269,8 @@ class NeuralMethods:
         joined = encoder.join(base, titles)
         return {view: getattr(joined, view) for view in views}
 
-    def encode_neural(
-        self,
-        name: str,
-        titles: Sequence[str | None],
-        paths: Sequence[str | None],
-        views: Sequence[str] = ENCODER_VIEWS,
-    ) -> dict[str, np.ndarray]:
+    def encode_neural(self, name: str, titles: Sequence[str | None], paths: Sequence[str | None],
+                      views: Sequence[str]) -> dict[str, np.ndarray]:
         """Embeds records with the neural part of the project's encoder (itself, if not hybrid).
 
         Args and returns as ``encode``; vectors are cached under the neural model_version.
