@@ -80,6 +80,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def portable(settings: dict) -> dict:
+    """Returns encoder settings with file paths inside the checkout made relative to it.
+
+    So the details file a run writes is the same in every clone.
+    """
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and value.startswith(str(ROOT) + "/"):
+            value = str(Path(value).relative_to(ROOT))
+        out[key] = value
+    return out
+
+
 def parse_compare(item: str) -> tuple[str, str, dict[str, str]]:
     """Splits a ``--compare`` value ``LABEL=CONFIG[,section.key=value...]``.
 
@@ -157,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     details = {
         **run.details,
         "model_version": run.methods.model_version,
-        "encoder": config.encoder.__dict__,
+        "encoder": portable(config.encoder.__dict__),
         "compared": {label: {"option": item, "model_version": run.compare[label].model_version,
-                             "encoder": compared[label].encoder.__dict__}
+                             "encoder": portable(compared[label].encoder.__dict__)}
                      for label, item in zip(compared, args.compare)},
         "target_precision": args.target_precision,
         "limit": args.limit,

@@ -184,6 +184,9 @@ def test_details_readme_and_cached_rerun(subset_run, caplog):
     assert calibration["ci_low"] <= calibration["threshold"] <= calibration["ci_high"]
     assert details["calibrated_min_similarity"] == calibration["threshold"]
     assert "constructed" in details["files_used"]["grocery:multimodal"]
+    # paths inside the checkout are written relative to it, so every clone writes the same file
+    assert details["encoder"]["weights"] == "encoder/weights/sspr.safetensors"
+    assert details["compared"]["pure"]["encoder"]["lexical_idf"] == "encoder/weights/lexical-idf.npy"
     readme = (out / "README.md").read_text()
     assert readme.startswith("# notes kept") and readme.rstrip().endswith("tail kept")
     assert "STALE-TABLE" not in readme and "| mrr |" in readme
