@@ -8,8 +8,10 @@ Expectations suite in ``schemas/expectations.py``; a failing row goes to the ``q
 with the rule's name (``title_too_long``: more than ``validation.max_title_chars`` characters;
 ``text_valid_utf8``: a string column holds bytes that are not UTF-8). Duplicate ``listing_id``
 within the day: the latest ``updated_at`` wins (on a tie, the later file name, then the later
-row), the others are quarantined as ``listing_id_unique``. Every input row is accounted for:
-rows_in = rows_out + rows_quarantined.
+row), the others are quarantined as ``listing_id_unique``. A row older than the version the
+warehouse already holds from an earlier run date (a late replay: its ``updated_at`` is before the
+stored one's) is quarantined as ``stale_update``, so it never replaces the newer version. Every
+input row is accounted for: rows_in = rows_out + rows_quarantined.
 
 A day folder that is absent, empty, or whose files hold no rows is a run with zero rows (a
 warning; ``details.empty_day`` in run_metrics), unless ``validation.fail_on_empty_day`` is true.
@@ -252,13 +254,32 @@ def _detail(max_title_chars: int):
     )
 
 
-def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_CHARS):
+def stored_versions(listings, run_date: str):
+    """Returns each listing's newest stored version from run dates before ``run_date``.
+
+    Args:
+        listings: the ``listings`` table.
+        run_date: the run date D (its own partition is left out, so a rerun of D is unaffected).
+
+    Returns:
+        A DataFrame ``listing_id, _stored_updated_at, _stored_run_date``.
+    """
+    from pyspark.sql import functions as F
+
+    return (listings.filter(F.col("run_date") < run_date).groupBy("listing_id")
+            .agg(F.max("updated_at").alias("_stored_updated_at"),
+                 F.max_by("run_date", "updated_at").alias("_stored_run_date")))
+
+
+def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_CHARS, stored=None):
     """Splits listing rows into valid rows and quarantine rows.
 
     Args:
         frame: the output of ``read_day`` (persisted by the caller: it is read twice).
         run_date: the run date stamped on both outputs.
         max_title_chars: ``validation.max_title_chars``; 0 = no limit.
+        stored: ``stored_versions(...)``; a day winner older than its stored version is
+            quarantined as ``stale_update``. None: no such check (no earlier days).
 
     Returns:
         ``(valid, quarantine, cached)``: DataFrames matching ``VALIDATED_LISTINGS`` and
@@ -290,16 +311,30 @@ def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_C
         "detail", F.concat(F.lit("superseded by a newer row with the same listing_id (updated_at "),
                            F.col("_winner").cast("string"), F.lit(")"))
     )
+    winners = ranked.filter(F.col("_rank") == 1)
+    stale = None
+    if stored is not None:
+        winners = winners.join(stored, on="listing_id", how="left")
+        older = F.coalesce(F.col("updated_at") < F.col("_stored_updated_at"), F.lit(False))
+        stale = winners.filter(older).withColumn("rule", F.lit("stale_update")).withColumn(
+            "detail", F.concat(F.lit("older than the stored version of run_date "),
+                               F.col("_stored_run_date"), F.lit(" (updated_at "),
+                               F.col("_stored_updated_at").cast("string"),
+                               F.lit("); a late replay never replaces a newer version")))
+        winners = winners.filter(~older)
     valid = (
-        ranked.filter(F.col("_rank") == 1)
+        winners
         .withColumn("is_deleted", F.coalesce(F.col("is_deleted"), F.lit(False)))
         .withColumn("run_date", F.lit(run_date))
         .select(*VALIDATED_LISTINGS.names)
     )
     # Quarantined strings are repaired too, so any reader of the table can decode them.
+    rejected = superseded.select(*TABLES["quarantine"].data_columns)
+    if stale is not None:
+        rejected = rejected.unionByName(stale.select(*TABLES["quarantine"].data_columns))
     quarantine = (
         row_bad.select(*TABLES["quarantine"].data_columns)
-        .unionByName(superseded.select(*TABLES["quarantine"].data_columns))
+        .unionByName(rejected)
         .select(*[F.make_valid_utf8(c).alias(c) if c in ("listing_id", "supplier_id", "title") else c
                   for c in TABLES["quarantine"].data_columns])
         .withColumn("run_date", F.lit(run_date))
@@ -325,7 +360,7 @@ def _empty_day(ctx: StageContext, message: str, files: int) -> StageResult:
 
 def run(ctx: StageContext) -> StageResult:
     """Validates the run date's listings and writes `listings` and `quarantine`."""
-    from jobs.warehouse import replace_partition
+    from jobs.warehouse import ensure_tables, replace_partition
 
     day = f"{ctx.config.paths.listings_root}/dt={ctx.run_date}"
     files = list_day_files(ctx.config.paths.listings_root, ctx.run_date)
@@ -343,7 +378,9 @@ def run(ctx: StageContext) -> StageResult:
     try:
         rows_in = frame.count()
         log.info("read %d rows from %d files", rows_in, len(files))
-        valid, quarantine, cached = split_valid(frame, ctx.run_date, max_title_chars)
+        ensure_tables(ctx.spark, ctx.database, ["listings"])
+        stored = stored_versions(ctx.spark.table(f"{ctx.database}.listings"), ctx.run_date)
+        valid, quarantine, cached = split_valid(frame, ctx.run_date, max_title_chars, stored)
         written_quarantine = replace_partition(ctx.spark, quarantine, ctx.database, "quarantine", partition)
         by_rule = {r["rule"]: r["count"] for r in quarantine.groupBy("rule").count().collect()}
         written_valid = replace_partition(ctx.spark, valid, ctx.database, "listings", partition)

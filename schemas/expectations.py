@@ -6,8 +6,9 @@ one goes to the ``quarantine`` table with that name. Rules whose inputs are comp
 ``add_helper_columns`` derives; ``jobs/validate.py`` computes ``_title_within_limit`` and
 ``_text_valid_utf8`` in Spark instead, from the configured limit and the raw bytes (strings that
 are not UTF-8 cannot reach pandas at all). Rules that need the whole day
-(``listing_id_unique``: the latest ``updated_at`` wins) are applied by ``jobs/validate.py`` across
-partitions, after these row rules. GX runs on pandas batches (one per Spark partition inside
+(``listing_id_unique``: the latest ``updated_at`` wins; ``stale_update``: older than the version
+stored from an earlier run date) are applied by ``jobs/validate.py`` across partitions, after
+these row rules. GX runs on pandas batches (one per Spark partition inside
 ``mapInPandas``), because the pandas engine returns the index of every failing row, which is what
 quarantining needs.
 
@@ -42,7 +43,7 @@ ROW_RULES: tuple[str, ...] = (
     "title_too_long",
     "text_valid_utf8",
 )
-DAY_RULES: tuple[str, ...] = ("listing_id_unique",)
+DAY_RULES: tuple[str, ...] = ("listing_id_unique", "stale_update")
 ALL_RULES: tuple[str, ...] = ROW_RULES + DAY_RULES
 
 DEFAULT_MAX_TITLE_CHARS = 1000

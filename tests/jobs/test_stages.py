@@ -89,6 +89,32 @@ def test_validate_quarantines_with_rule_names_and_accounts_for_every_row(spark, 
     assert result.details["quarantined_by_rule"]["listing_id_unique"] == 1
 
 
+def test_validate_quarantines_a_late_replay_of_an_older_version(spark, pipeline_config):
+    """A row re-sent on a later day with an older updated_at never replaces the stored version."""
+    from jobs import validate
+
+    root = Path(pipeline_config.paths.listings_root)
+    d1, d2, d3 = "2024-06-11", "2024-06-12", "2024-06-13"
+    _write_day(root, d1, [_listing("late-x", title="v2 newest", hour=9)])
+    _write_day(root, d2, [_listing("late-x", title="v1 replayed", hour=3),  # older than d1's
+                          _listing("late-y", title="new on d2", hour=1)])
+    _write_day(root, d3, [_listing("late-x", title="v3 newer", hour=10)])
+    validate.run(_ctx(spark, pipeline_config, "validate", d1))
+    for _ in range(2):  # a rerun of d2 gives the same result
+        result = validate.run(_ctx(spark, pipeline_config, "validate", d2))
+        assert (result.rows_in, result.rows_out, result.rows_quarantined) == (2, 1, 1)
+        assert result.details["quarantined_by_rule"] == {"stale_update": 1}
+        [row] = _check_contract(pipeline_config, "quarantine", d2).to_pylist()
+        assert (row["listing_id"], row["rule"]) == ("late-x", "stale_update")
+        assert "run_date 2024-06-11" in row["detail"] and "09:00:00" in row["detail"]
+        kept = _check_contract(pipeline_config, "listings", d2).to_pylist()
+        assert [r["listing_id"] for r in kept] == ["late-y"]
+    # a newer version on a later day is an ordinary update
+    result = validate.run(_ctx(spark, pipeline_config, "validate", d3))
+    assert (result.rows_out, result.rows_quarantined) == (1, 0)
+    assert [r["title"] for r in _check_contract(pipeline_config, "listings", d3).to_pylist()] == ["v3 newer"]
+
+
 def test_validate_rejects_a_file_missing_a_required_column(spark, pipeline_config, tmp_path):
     from jobs import validate
     from jobs.errors import DedupError
