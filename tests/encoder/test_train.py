@@ -1,6 +1,6 @@
 """The training data, the hard-negative sampler and the ``train`` command (jobs/train.py).
 
-Everything runs on tiny data: hand-made title clusters (and a fake WDC folder written in the
+Everything runs on tiny data: hand-made title clusters (and a tiny synthetic WDC folder written in the
 test's temp dir), plus read-only checks on the real WDC train_medium file when
 ``../shared/datasets`` is present. Training runs are a few steps of batches of 3–4 text pairs.
 """
@@ -239,7 +239,7 @@ def _write_wdc_file(folder: Path, split: str, offers: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_shared(tmp_path_factory) -> Path:
+def tiny_shared(tmp_path_factory) -> Path:
     """A shared folder with a tiny WDC train_medium; offer 802 also sits in a gs file."""
     root = tmp_path_factory.mktemp("shared")
     folder = root / "wdc_products_80cc20rnd"
@@ -268,18 +268,18 @@ def _run(shared: Path, out: Path, ckpt: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def straight_run(fake_shared, tmp_path_factory) -> Path:
+def straight_run(tiny_shared, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("straight")
-    assert _run(fake_shared, folder / "w.safetensors", folder / "ckpt") == 0
+    assert _run(tiny_shared, folder / "w.safetensors", folder / "ckpt") == 0
     return folder / "w.safetensors"
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(fake_shared, straight_run, tmp_path):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_shared, straight_run, tmp_path):
     out = tmp_path / "w.safetensors"
-    assert _run(fake_shared, out, tmp_path / "ckpt", "--stop-after", "2") == 0
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--stop-after", "2") == 0
     half = out.read_bytes()
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.pt")) == ["step-0000002.pt"]
-    assert _run(fake_shared, out, tmp_path / "ckpt", "--resume") == 0
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--resume") == 0
     assert half != out.read_bytes()
     assert out.read_bytes() == straight_run.read_bytes()
     record = json.loads(Path(str(out) + ".json").read_text())
@@ -287,20 +287,20 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(fake_shared, straight_
     assert record["last_losses"]["loss"] > 0  # gradients flowed, so the check means something
 
 
-def test_resume_refuses_a_checkpoint_written_with_other_flags(fake_shared, tmp_path):
+def test_resume_refuses_a_checkpoint_written_with_other_flags(tiny_shared, tmp_path):
     out = tmp_path / "w.safetensors"
-    assert _run(fake_shared, out, tmp_path / "ckpt", "--stop-after", "1") == 0
-    assert _run(fake_shared, out, tmp_path / "ckpt", "--resume", "--lr", "1e-3") == 2
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--stop-after", "1") == 0
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--resume", "--lr", "1e-3") == 2
 
 
-def test_reading_training_data_imports_no_spark(fake_shared):
+def test_reading_training_data_imports_no_spark(tiny_shared):
     """jobs/train.py is a plain command: reading and sampling the data must not pull in Spark."""
     import subprocess
     import sys
 
     code = (
         "import sys; from pathlib import Path; from jobs import train; "
-        f"items = train.read_training_items(Path({str(fake_shared)!r}), ('wdc',)); "
+        f"items = train.read_training_items(Path({str(tiny_shared)!r}), ('wdc',)); "
         "print(len(items['wdc']), 'pyspark' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -308,9 +308,9 @@ def test_reading_training_data_imports_no_spark(fake_shared):
     assert result.stdout.split() == [str(3 * len(CLUSTERS) - 1), "False"]
 
 
-def test_keep_best_writes_the_weights_with_the_best_valid_medium_ap(fake_shared, tmp_path):
+def test_keep_best_writes_the_weights_with_the_best_valid_medium_ap(tiny_shared, tmp_path):
     out = tmp_path / "w.safetensors"
-    assert _run(fake_shared, out, tmp_path / "ckpt", "--eval-every", "2", "--keep-best") == 0
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--eval-every", "2", "--keep-best") == 0
     record = json.loads(Path(str(out) + ".json").read_text())
     history = record["valid_medium"]["history"]
     assert [h["step"] for h in history] == [2, 4]
@@ -319,9 +319,9 @@ def test_keep_best_writes_the_weights_with_the_best_valid_medium_ap(fake_shared,
     assert out.read_bytes() == (tmp_path / "ckpt" / "best.safetensors").read_bytes()
 
 
-def test_training_never_reads_a_reserved_offer(fake_shared, caplog):
+def test_training_never_reads_a_reserved_offer(tiny_shared, caplog):
     caplog.set_level("INFO", logger="jobs.train")
-    items = train_job.read_training_items(fake_shared, ("wdc",))["wdc"]
+    items = train_job.read_training_items(tiny_shared, ("wdc",))["wdc"]
     assert "wdc:802" not in set(items["item_id"])
     assert len(items) == 3 * len(CLUSTERS) - 1
     assert '"reserved_excluded": 1' in caplog.text
