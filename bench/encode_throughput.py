@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.readme:
-        readme = Path(args.readme)
-        text = readme.read_text()
-        if BEGIN not in text or END not in text:
-            log.error("%s lacks the markers %s / %s", readme, BEGIN, END)
+        from evaluation.report import update_readme
+
+        try:
+            update_readme(Path(args.readme), render(report), BEGIN, END)
+        except ValueError as error:
+            log.error("%s", error)
             return 2
-        head, rest = text.split(BEGIN, 1)
-        readme.write_text(f"{head}{BEGIN}\n{render(report)}\n{END}{rest.split(END, 1)[1]}")
     log.info("wrote %s", args.out)
     return 0
 

@@ -26,8 +26,8 @@ from encoder.lexical import LEXICAL_SCHEME, LexicalVectorizer, combine
 from encoder.model import EncodedListings, ListingEncoder, version_from_settings
 
 
-def hybrid_settings(config: EncoderConfig, base_version: str, idf_digest: str) -> dict[str, object]:
-    """The settings that make a hybrid encoder's vectors, for ``version_from_settings``.
+def hybrid_version(config: EncoderConfig, base_version: str, idf_digest: str) -> str:
+    """The ``model_version`` of a hybrid encoder.
 
     Args:
         config: the encoder config (``lexical_weight`` > 0).
@@ -35,15 +35,16 @@ def hybrid_settings(config: EncoderConfig, base_version: str, idf_digest: str) -
         idf_digest: ``LexicalVectorizer.idf_digest``.
 
     Returns:
-        A JSON-serialisable dict.
+        16 hex digits (``version_from_settings``) over the neural version, the lexical scheme,
+        the weight, the bucket count and the IDF digest.
     """
-    return {
+    return version_from_settings({
         "hybrid": base_version,
         "lexical_scheme": LEXICAL_SCHEME,
         "lexical_weight": float(config.lexical_weight),
         "lexical_buckets": int(config.lexical_buckets),
         "lexical_idf": idf_digest,
-    }
+    })
 
 
 class HybridEncoder:
@@ -61,6 +62,7 @@ class HybridEncoder:
         self.base = base
         self.config = config
         self.lexical = LexicalVectorizer(config.lexical_buckets, config.lexical_idf)
+        self._model_version: str | None = None
 
     @property
     def dim(self) -> int:
@@ -69,10 +71,12 @@ class HybridEncoder:
 
     @property
     def model_version(self) -> str:
-        """16 hex digits over the neural version and the lexical settings."""
-        return version_from_settings(
-            hybrid_settings(self.config, self.base.model_version, self.lexical.idf_digest)
-        )
+        """16 hex digits over the neural version and the lexical settings (``hybrid_version``)."""
+        if self._model_version is None:
+            self._model_version = hybrid_version(
+                self.config, self.base.model_version, self.lexical.idf_digest
+            )
+        return self._model_version
 
     def join(self, base: EncodedListings, titles: Sequence[str | None]) -> EncodedListings:
         """Joins neural vectors made by ``self.base`` with the titles' lexical vectors.
@@ -86,10 +90,7 @@ class HybridEncoder:
         Returns:
             The hybrid vectors (float32 [n, dim]), with ``base``'s flags and image errors.
         """
-        lexical = self.lexical.transform(
-            [t.strip() if isinstance(t, str) and has else None
-             for t, has in zip(titles, base.has_text)]
-        )
+        lexical = self.lexical.transform(titles, base.has_text)
         weight = float(self.config.lexical_weight)
         no_text = np.zeros_like(lexical)  # i carries no text
         return EncodedListings(

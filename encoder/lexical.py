@@ -150,18 +150,20 @@ class LexicalVectorizer:
             self.idf = np.ones(self.buckets, dtype=np.float32)
             self.idf_digest = "none"
 
-    def transform(self, titles: Sequence[str | None]) -> np.ndarray:
+    def transform(self, titles: Sequence[str | None], has_text: Sequence[bool] | None = None) -> np.ndarray:
         """Embeds titles.
 
         Args:
             titles: one title (or None) per row.
+            has_text: optional, per row: False gives a zero row whatever the title (the neural
+                encoder's ``has_text``, so both parts agree on which listings have text).
 
         Returns:
-            float32 [n, buckets]; unit rows, or zero rows for None / n-gram-free titles.
+            float32 [n, buckets]; unit rows, or zero rows for None / n-gram-free / masked titles.
         """
         out = np.zeros((len(titles), self.buckets), dtype=np.float32)
         for row, title in enumerate(titles):
-            if not title:
+            if not title or (has_text is not None and not has_text[row]):
                 continue
             counts = bucket_counts(title, self.buckets)
             if not counts:

@@ -298,11 +298,11 @@ def compute_model_version(config: EncoderConfig) -> str:
     else:
         base = version_from_settings(_zero_shot_settings(config))
     if config.lexical_weight > 0:
-        from encoder.hybrid import hybrid_settings
+        from encoder.hybrid import hybrid_version
         from encoder.lexical import LexicalVectorizer
 
         digest = LexicalVectorizer(config.lexical_buckets, config.lexical_idf).idf_digest
-        return version_from_settings(hybrid_settings(config, base, digest))
+        return hybrid_version(config, base, digest)
     return base
 
 

@@ -81,6 +81,10 @@ class VectorCache:
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
+        # arrays already fetched in this run: a second task asking for the same vectors (the
+        # lexical-weight sweep and the WDC task share the neural WDC vectors) reads no file and,
+        # with caching off, computes nothing again
+        self._memory: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
     def fetch(
         self,
@@ -101,11 +105,16 @@ class VectorCache:
             The arrays by name (e.g. ``{"m": ..., "t": ...}``), row-aligned with ``inputs``.
         """
         digest = hashlib.sha256(json.dumps(list(inputs)).encode()).hexdigest()[:16]
+        memory_key = (method_key, name, digest)
+        if memory_key in self._memory:
+            return self._memory[memory_key]
         path = None if self.root is None else self.root / method_key / f"{name}-{digest}.npz"
         if path is not None and path.exists():
             with np.load(path) as stored:
                 logger.info("%s / %s: %d vectors from the cache", method_key, name, len(inputs))
-                return {key: stored[key] for key in stored.files}
+                arrays = {key: stored[key] for key in stored.files}
+            self._memory[memory_key] = arrays
+            return arrays
         started = time.perf_counter()
         arrays = compute()
         elapsed = time.perf_counter() - started
@@ -122,6 +131,7 @@ class VectorCache:
             partial = path.with_suffix(".tmp.npz")
             np.savez(partial, **arrays)
             partial.replace(path)  # atomic: a killed run never leaves a truncated cache file
+        self._memory[memory_key] = arrays
         return arrays
 
 

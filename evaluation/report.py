@@ -95,19 +95,21 @@ def _metric_order(metric: str) -> tuple[int, str]:
     return (2, metric)
 
 
-def update_readme(path: Path, generated: str) -> None:
+def update_readme(path: Path, generated: str, begin: str = BEGIN, end: str = END) -> None:
     """Replaces the generated part of ``bench/README.md`` (between the markers).
 
     Args:
         path: the README; created with just the markers when missing.
         generated: the new markdown for between the markers.
+        begin, end: the markers (default: the quality tables'; ``bench/encode_throughput.py``
+            passes its own).
 
     Raises:
         ValueError: if the file exists but lacks the markers.
     """
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path} lacks the markers {BEGIN} / {END}; add them where tables go")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} lacks the markers {begin} / {end}; add them where tables go")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{generated}\n{end}{tail}")

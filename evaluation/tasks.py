@@ -329,9 +329,7 @@ def sweep_lexical_weight(run: Run, offers: pd.DataFrame, valid: pd.DataFrame) ->
     titles = offers["title"].tolist()
     neural = run.methods.encode_neural("wdc-offers", titles, [None] * len(titles), ("m", "t"))
     has_text = np.abs(neural["t"]).sum(axis=1) > 0
-    lexical = LexicalVectorizer(config.lexical_buckets, config.lexical_idf).transform(
-        [t.strip() if has else None for t, has in zip(titles, has_text)]
-    )
+    lexical = LexicalVectorizer(config.lexical_buckets, config.lexical_idf).transform(titles, has_text)
     rows, clusters = _pair_offers(offers, valid)
     left, right = _rows(offers["id"], valid["id_left"]), _rows(offers["id"], valid["id_right"])
     labels = valid["label"].to_numpy()

@@ -37,14 +37,10 @@ def training_titles(shared: Path) -> list[str]:
     Raises:
         FileNotFoundError: if the WDC folder is missing.
     """
-    from evaluation.datasets import WDC_FOLDER, WDC_TEST, WDC_VALID, read_wdc_offers
-    from jobs.train import WDC_TRAIN
+    from evaluation.datasets import WDC_TEST, WDC_VALID
+    from jobs.train import WDC_TRAIN, read_wdc_train
 
-    if not (shared / WDC_FOLDER).is_dir():
-        raise FileNotFoundError(f"{shared / WDC_FOLDER} is missing; pass --shared with the shared "
-                                "datasets folder")
-    offers = read_wdc_offers(shared, (WDC_TRAIN,))
-    reserved = set(read_wdc_offers(shared, (WDC_VALID, *WDC_TEST))["id"])
+    offers, reserved = read_wdc_train(shared)
     kept = offers[~offers["id"].isin(reserved)]
     log.info("%s: %d offers, %d reserved (in %s) left out, %d titles used", WDC_TRAIN, len(offers),
              len(offers) - len(kept), ", ".join((WDC_VALID, *WDC_TEST)), len(kept))

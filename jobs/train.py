@@ -242,6 +242,27 @@ def load_configs(options: TrainOptions):
     return pipeline.encoder, loss
 
 
+def read_wdc_train(shared: Path):
+    """Reads the WDC train_medium offers and the ids reserved for validation and testing.
+
+    Args:
+        shared: the shared datasets folder.
+
+    Returns:
+        ``(offers, reserved)``: the ``000un_train_medium`` offers (``id, title, cluster_id``) and
+        a Series of the offer ids of ``000un_valid_medium`` and the gs files, which nothing may
+        train or fit on.
+
+    Raises:
+        FileNotFoundError: if the WDC folder is missing.
+    """
+    from evaluation.datasets import WDC_FOLDER, WDC_TEST, WDC_VALID, read_wdc_offers
+
+    if not (shared / WDC_FOLDER).is_dir():
+        raise FileNotFoundError(f"{shared / WDC_FOLDER} is missing; pass --shared")
+    return read_wdc_offers(shared, (WDC_TRAIN,)), read_wdc_offers(shared, (WDC_VALID, *WDC_TEST))["id"]
+
+
 def read_training_items(shared: Path, sources: tuple[str, ...]) -> dict:
     """Reads each source's items (``encoder.train_data`` format); logs what was excluded.
 
@@ -249,21 +270,11 @@ def read_training_items(shared: Path, sources: tuple[str, ...]) -> dict:
         FileNotFoundError: if a source's dataset folder is missing.
     """
     from encoder import train_data
-    from evaluation.datasets import (
-        GROCERY_FOLDER,
-        WDC_FOLDER,
-        WDC_TEST,
-        WDC_VALID,
-        read_grocery,
-        read_wdc_offers,
-    )
+    from evaluation.datasets import GROCERY_FOLDER, WDC_TEST, WDC_VALID, read_grocery
 
     items = {}
     if "wdc" in sources:
-        if not (shared / WDC_FOLDER).is_dir():
-            raise FileNotFoundError(f"{shared / WDC_FOLDER} is missing; pass --shared")
-        offers = read_wdc_offers(shared, (WDC_TRAIN,))
-        reserved = read_wdc_offers(shared, (WDC_VALID, *WDC_TEST))["id"]
+        offers, reserved = read_wdc_train(shared)
         items["wdc"], counts = train_data.wdc_items(offers, reserved)
         log.info("wdc %s: %s (reserved = offers of %s)", WDC_TRAIN, json.dumps(counts),
                  ", ".join((WDC_VALID, *WDC_TEST)))
