@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly test test-fast evaluate train lexical clean help
+.PHONY: install nightly lint test test-fast evaluate train lexical clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,22 +34,25 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 nightly: install  ## run the nightly DAG (airflow dags test) over every sample day, then print a summary
 	bin/run-sample-nightly
 
-test: install  ## run the whole test suite (unit, Spark, DAG and end-to-end)
+lint: install  ## ruff lint and format check (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint  ## lint, then the whole test suite (unit, Spark, DAG and end-to-end)
 	$(BIN)/python -m pytest
 
-test-fast: install  ## the tests without the end-to-end DAG run
+test-fast: lint  ## lint, then the tests without the end-to-end DAG run
 	$(BIN)/python -m pytest -m "not e2e"
 
 evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md
-	$(BIN)/python -m evaluation --compare 'sspr=conf/sspr.toml,encoder.lexical_weight=0' \
+	$(BIN)/python -m evaluation --config conf/sspr.toml --compare 'sspr=conf/sspr.toml,encoder.lexical_weight=0' \
 	  --compare 'zero-shot=conf/sspr.toml,encoder.kind=zero-shot,encoder.weights=,encoder.lexical_weight=0'
 
-lexical: install  ## fit the hybrid encoder's IDF table on WDC train titles into encoder/weights/lexical-idf.npy
-	$(BIN)/python -m jobs.fit_lexical --shared ../shared/datasets --out encoder/weights/lexical-idf.npy
+lexical: install  ## fit the hybrid encoder's IDF table on WDC train titles into encoder.lexical_idf of conf/sspr.toml
+	$(BIN)/python -m training.fit_lexical --config conf/sspr.toml
 
-train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors (~20 min, 2 cores)
-	$(BIN)/python jobs/train.py --shared ../shared/datasets --out encoder/weights/sspr.safetensors \
-	  --checkpoint-dir var/train --seed 0 --threads 1 --max-steps 250 --stop-after 166
+train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors ([train] of conf/sspr.toml, ~20 min)
+	$(BIN)/python -m training.train --config conf/sspr.toml
 
 clean:  ## remove the local warehouse, metastore, Airflow state and reports (var/)
 	rm -rf var

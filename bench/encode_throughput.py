@@ -63,9 +63,9 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
     """Measures every (encoder, case); returns the JSON-ready results."""
     import torch
 
+    from config import load_config
+    from encoder.factory import build_encoder
     from encoder.lexical import LexicalVectorizer
-    from encoder.model import build_encoder
-    from jobs.config import load_config
 
     torch.set_num_threads(threads)
     base = dataclasses.replace(load_config(ROOT / "conf" / "sspr.toml", environ={}).encoder, device="cpu")
@@ -87,42 +87,74 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
             if not case_titles:
                 continue
             given = case_images if case_images is not None else [None] * len(case_titles)
-            seconds = measure(lambda: encoder.encode(case_titles, given), repeats)
-            results.append({"encoder": name, "case": case, "records": len(case_titles),
-                            "seconds": round(seconds, 4), "records_per_s": round(len(case_titles) / seconds, 1)})
+            seconds = measure(lambda e=encoder, t=case_titles, g=given: e.encode(t, g), repeats)
+            results.append(
+                {
+                    "encoder": name,
+                    "case": case,
+                    "records": len(case_titles),
+                    "seconds": round(seconds, 4),
+                    "records_per_s": round(len(case_titles) / seconds, 1),
+                }
+            )
             log.info("%s / %s: %d records in %.2fs", name, case, len(case_titles), seconds)
     lexical = LexicalVectorizer(base.lexical_buckets, base.lexical_idf)
     text = cases["text-only"][0]
     seconds = measure(lambda: lexical.transform(text), repeats)
-    results.append({"encoder": "lexical part alone", "case": "text-only", "records": len(text),
-                    "seconds": round(seconds, 4), "records_per_s": round(len(text) / seconds, 1)})
+    results.append(
+        {
+            "encoder": "lexical part alone",
+            "case": "text-only",
+            "records": len(text),
+            "seconds": round(seconds, 4),
+            "records_per_s": round(len(text) / seconds, 1),
+        }
+    )
     baseline = {r["case"]: r["seconds"] for r in results if r["encoder"] == "zero-shot"}
     for r in results:
         r["speed_vs_zero_shot"] = round(baseline[r["case"]] / r["seconds"], 3)
-    return {"results": results, "repeats": repeats, "torch_threads": threads,
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "limit": limit}
+    return {
+        "results": results,
+        "repeats": repeats,
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "limit": limit,
+    }
 
 
 def render(report: dict) -> str:
     """The markdown table of a report."""
-    lines = [f"Median of {report['repeats']} runs after a warm-up, {report['torch_threads']} torch "
-             f"thread(s), {report['cpu_count']} CPUs; speed relative to zero-shot on the same case "
-             "in the same run (higher is faster).", "",
-             "| encoder | case | records | records/s | speed vs zero-shot |", "|---|---|---:|---:|---:|"]
+    lines = [
+        (
+            f"Median of {report['repeats']} runs after a warm-up, {report['torch_threads']} torch "
+            f"thread(s), {report['cpu_count']} CPUs; speed relative to zero-shot on the same case "
+            "in the same run (higher is faster)."
+        ),
+        "",
+        "| encoder | case | records | records/s | speed vs zero-shot |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['encoder']} | {r['case']} | {r['records']} | {r['records_per_s']:.1f} | "
-                     f"{r['speed_vs_zero_shot']:.2f}x |")
+        lines.append(
+            f"| {r['encoder']} | {r['case']} | {r['records']} | {r['records_per_s']:.1f} | "
+            f"{r['speed_vs_zero_shot']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and writes its outputs; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="bench/encode_throughput.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/encode_throughput.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "encode_throughput.json")
-    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"),
-                        help="markdown file whose throughput table is replaced ('' = none)")
+    parser.add_argument(
+        "--readme",
+        default=str(ROOT / "bench" / "README.md"),
+        help="markdown file whose throughput table is replaced ('' = none)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (Spark runs one per core)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sample listings")

@@ -46,7 +46,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
 STAGES = ("validate", "embed", "pairs", "groups", "report")
-# One slot: the embedded Derby metastore admits one Spark application at a time (STACK.md §9).
+# One slot: the embedded Derby metastore admits one Spark application at a time (docs/STACK.md §9).
 WAREHOUSE_POOL = "sspr_warehouse"
 # Wait between a failed attempt and its retry (SSPR_RETRY_DELAY_S seconds; default 5 minutes).
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300")))
@@ -57,7 +57,7 @@ RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300
     doc_md=__doc__,
     # Data-interval semantics: the run for day D starts after D ends, and {{ ds }} is D.
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     max_active_tasks=1,
@@ -85,9 +85,12 @@ def dedup_nightly():
             pool=WAREHOUSE_POOL,
             pool_slots=1,
             application_args=[
-                "--run-date", "{{ ds }}",
-                "--config", CONFIG,
-                "--min-similarity", "{{ params.min_similarity if params.min_similarity is not none else '' }}",
+                "--run-date",
+                "{{ ds }}",
+                "--config",
+                CONFIG,
+                "--min-similarity",
+                "{{ params.min_similarity if params.min_similarity is not none else '' }}",
             ],
         )
         if previous is not None:

@@ -1,13 +1,35 @@
-"""Duplicate-listing search and grouping (pure numpy / faiss / pyarrow)."""
+"""Duplicate-listing search and grouping (pure numpy / faiss / pyarrow).
 
-from dedup.cluster import ClusterResult, cluster_pairs, make_group_id
-from dedup.search import FoundPairs, find_pairs, find_pairs_by_id
+``DedupConfig`` is imported eagerly (plain dataclasses); search and grouping, which need faiss,
+on first use, so reading a pipeline config does not load faiss.
+"""
+
+import importlib
+
+from dedup.config import DedupConfig
+
+_LAZY = {
+    "ClusterResult": "dedup.cluster",
+    "cluster_pairs": "dedup.cluster",
+    "make_group_id": "dedup.cluster",
+    "FoundPairs": "dedup.search",
+    "find_pairs": "dedup.search",
+    "find_pairs_by_id": "dedup.search",
+}
 
 __all__ = [
     "ClusterResult",
+    "DedupConfig",
     "FoundPairs",
     "cluster_pairs",
     "find_pairs",
     "find_pairs_by_id",
     "make_group_id",
 ]
+
+
+def __getattr__(name: str):
+    """Imports the faiss-backed parts of the package on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dedup' has no attribute {name!r}")

@@ -56,9 +56,7 @@ class Calibration:
         return asdict(self)
 
 
-def _lowest_reaching(
-    thresholds: np.ndarray, tp: np.ndarray, fp: np.ndarray, target_precision: float
-) -> int | None:
+def _lowest_reaching(thresholds: np.ndarray, tp: np.ndarray, fp: np.ndarray, target_precision: float) -> int | None:
     """Index of the lowest threshold whose precision reaches the target, or None."""
     predicted = tp + fp
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -126,18 +124,14 @@ def calibrate(
     for _ in range(int(n_bootstrap)):
         counts = rng.multinomial(sims.size, np.full(sims.size, 1.0 / sims.size)).astype(np.float64)
         drawn = counts > 0  # undrawn pairs must not offer their similarity as a threshold
-        b_thresholds, b_tp, b_fp = threshold_curve(
-            sims[drawn], (pos * counts)[drawn], (neg * counts)[drawn]
-        )
+        b_thresholds, b_tp, b_fp = threshold_curve(sims[drawn], (pos * counts)[drawn], (neg * counts)[drawn])
         b_best = _lowest_reaching(b_thresholds, b_tp, b_fp, target_precision)
         if b_best is not None:
             found.append(float(b_thresholds[b_best]))
     threshold = float(thresholds[best])
     tail = (1 - confidence) / 2
     low, high = (
-        (float(np.quantile(found, tail)), float(np.quantile(found, 1 - tail)))
-        if found
-        else (threshold, threshold)
+        (float(np.quantile(found, tail)), float(np.quantile(found, 1 - tail))) if found else (threshold, threshold)
     )
     return Calibration(
         threshold=threshold,

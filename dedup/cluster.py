@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dedup.search import _as_id_array
+from dedup.ids import as_id_array
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ def _as_similarity_array(values: Any, n: int) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"similarity must be numeric; cast it to float first ({exc})") from exc
     if sims.ndim != 1 or sims.shape[0] != n:
-        raise ValueError(
-            f"similarity must be 1-D with one value per pair ({n}), got shape {sims.shape}"
-        )
+        raise ValueError(f"similarity must be 1-D with one value per pair ({n}), got shape {sims.shape}")
     if not np.isfinite(sims).all():
         raise ValueError("similarity contains NaN or infinite values; drop those pairs first")
     return sims
@@ -113,8 +111,8 @@ def cluster_pairs(
         >>> result.components.column("representative").to_pylist()
         ['a', 'x']
     """
-    ids_l = _as_id_array(listing_id_l, "listing_id_l")  # [n_pairs]
-    ids_r = _as_id_array(listing_id_r, "listing_id_r")  # [n_pairs]
+    ids_l = as_id_array(listing_id_l, "listing_id_l")  # [n_pairs]
+    ids_r = as_id_array(listing_id_r, "listing_id_r")  # [n_pairs]
     n_pairs = ids_l.shape[0]
     if ids_r.shape[0] != n_pairs:
         raise ValueError(
@@ -143,7 +141,7 @@ def cluster_pairs(
     parent = list(range(n_nodes))
     size = [1] * n_nodes
     weakest = [np.inf] * n_nodes  # per root: last (= smallest) merging edge
-    for a, b, s in zip(left[order].tolist(), right[order].tolist(), sims[order].tolist()):
+    for a, b, s in zip(left[order].tolist(), right[order].tolist(), sims[order].tolist(), strict=True):
         while parent[a] != a:
             parent[a] = parent[parent[a]]
             a = parent[a]
@@ -240,5 +238,5 @@ def make_group_id(supplier_id: str, representative: str) -> str:
             raise ValueError(f"{name} must be a non-empty str, got {value!r}")
         if "\x1f" in value:
             raise ValueError(f"{name} must not contain the unit separator '\\x1f', got {value!r}")
-    digest = hashlib.sha256(f"{supplier_id}\x1f{representative}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(f"{supplier_id}\x1f{representative}".encode()).hexdigest()
     return "g-" + digest[:16]

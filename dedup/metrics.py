@@ -205,16 +205,12 @@ def rank_of_first_relevant(similarity: np.ndarray, relevant: np.ndarray) -> np.n
     best_relevant = np.where(relevant, similarity, -np.inf).max(axis=1)  # [q]
     if not np.isfinite(best_relevant).all():
         bad = np.flatnonzero(~np.isfinite(best_relevant))[:5].tolist()
-        raise ValueError(
-            f"queries {bad} have no relevant gallery item; drop them before ranking"
-        )
+        raise ValueError(f"queries {bad} have no relevant gallery item; drop them before ranking")
     outranking = (similarity >= best_relevant[:, None]) & ~relevant  # [q, g]
     return 1 + outranking.sum(axis=1).astype(np.int64)
 
 
-def retrieval_metrics(
-    ranks: Sequence[int] | np.ndarray, ks: Sequence[int] = DEFAULT_KS
-) -> dict[str, float]:
+def retrieval_metrics(ranks: Sequence[int] | np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """MRR and Recall@k from the rank of each query's first relevant item.
 
     Args:
@@ -275,9 +271,7 @@ def _same_group_pairs(sizes: np.ndarray) -> int:
     return int((sizes * (sizes - 1) // 2).sum())
 
 
-def cluster_pair_scores(
-    predicted: Sequence[object] | np.ndarray, truth: Sequence[object] | np.ndarray
-) -> PairScores:
+def cluster_pair_scores(predicted: Sequence[object] | np.ndarray, truth: Sequence[object] | np.ndarray) -> PairScores:
     """Pairwise precision / recall / F1 of a predicted grouping against the true one.
 
     Each item has a predicted group label and a true group label; an item alone in its label
@@ -298,9 +292,7 @@ def cluster_pair_scores(
     predicted = np.asarray(predicted, dtype=object)
     truth = np.asarray(truth, dtype=object)
     if predicted.shape != truth.shape or predicted.ndim != 1:
-        raise ValueError(
-            f"predicted {predicted.shape} and truth {truth.shape} must be 1-d of one length"
-        )
+        raise ValueError(f"predicted {predicted.shape} and truth {truth.shape} must be 1-d of one length")
     _, pred_codes = np.unique(predicted.astype(str), return_inverse=True)
     _, true_codes = np.unique(truth.astype(str), return_inverse=True)
     joint = pred_codes.astype(np.int64) * (int(true_codes.max(initial=0)) + 1) + true_codes
@@ -310,9 +302,7 @@ def cluster_pair_scores(
     return scores_from_counts(tp, n_pred - tp, n_true - tp)
 
 
-def pair_set_scores(
-    predicted_pairs: set[tuple[str, str]], true_pairs: set[tuple[str, str]]
-) -> PairScores:
+def pair_set_scores(predicted_pairs: set[tuple[str, str]], true_pairs: set[tuple[str, str]]) -> PairScores:
     """Scores a set of predicted unordered pairs against the true pairs.
 
     Args:

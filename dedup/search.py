@@ -25,6 +25,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from dedup.ids import as_id_array
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("faiss", "blocked")
@@ -74,16 +76,13 @@ def _as_matrix(values: Any, name: str) -> np.ndarray:
         )
     if arr.dtype.kind != "f":
         raise ValueError(
-            f"{name} must be a floating point array, got dtype {arr.dtype}; "
-            "convert it with .astype(np.float32)"
+            f"{name} must be a floating point array, got dtype {arr.dtype}; convert it with .astype(np.float32)"
         )
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has dimension 0; pass embeddings with at least one component")
     arr = np.ascontiguousarray(arr, dtype=np.float32)  # [n, d]
     if not np.isfinite(arr).all():
-        raise ValueError(
-            f"{name} contains NaN or infinite values; drop or re-encode those rows before searching"
-        )
+        raise ValueError(f"{name} contains NaN or infinite values; drop or re-encode those rows before searching")
     return arr
 
 
@@ -99,37 +98,6 @@ def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
-
-
-_MISSING = object()
-
-
-def _as_id_array(ids: Any, name: str) -> np.ndarray:
-    """Returns listing ids as a 1-D object array of ``str``, or raises ValueError.
-
-    Accepts Python sequences, numpy arrays and pyarrow (chunked) arrays.
-    """
-    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-        if ids.null_count:
-            raise ValueError(f"{name} contains {ids.null_count} null ids; drop those rows first")
-        values = ids.to_pylist()
-    elif isinstance(ids, np.ndarray):
-        if ids.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {ids.shape}")
-        values = ids.tolist()
-    elif isinstance(ids, (str, bytes)):
-        raise ValueError(f"{name} must be a sequence of ids, not a single string; wrap it in a list")
-    else:
-        values = list(ids)
-    bad = next((v for v in values if not isinstance(v, str)), _MISSING)
-    if bad is not _MISSING:
-        raise ValueError(
-            f"{name} must contain only str ids, found {type(bad).__name__} {bad!r}; "
-            "cast ids to str (and drop nulls) first"
-        )
-    out = np.empty(len(values), dtype=object)  # [n] str
-    out[:] = values
-    return out
 
 
 # (block_start, rows [n_hits] int64, cols [n_hits] int64, sims [n_hits] float32,
@@ -250,9 +218,7 @@ def _resolve_torch_device(device: str) -> tuple[Any, Any]:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a project dependency
-        raise ImportError(
-            f"device={device!r} needs torch; install torch or use device='cpu'"
-        ) from exc
+        raise ImportError(f"device={device!r} needs torch; install torch or use device='cpu'") from exc
     name = "cpu" if device == "torch:cpu" else device
     try:
         dev = torch.device(name)
@@ -411,9 +377,7 @@ def find_pairs(
             f"use backend='blocked' for device={device!r}"
         )
     if backend == "blocked" and device != "cpu" and device != "torch:cpu" and not device.startswith("cuda"):
-        raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:<n>' or 'torch:cpu', got {device!r}"
-        )
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<n>' or 'torch:cpu', got {device!r}")
 
     n_queries = q.shape[0]
     if n_queries == 0 or x.shape[0] == 0:
@@ -450,8 +414,7 @@ def find_pairs(
     n_saturated = int(saturated.sum())
     if n_saturated:
         logger.warning(
-            "%d of %d queries hit max_results_per_query=%d at min_similarity=%s; "
-            "their results were cut to the top %d",
+            "%d of %d queries hit max_results_per_query=%d at min_similarity=%s; their results were cut to the top %d",
             n_saturated,
             n_queries,
             max_results,
@@ -519,23 +482,19 @@ def find_pairs_by_id(
         >>> saturated
         []
     """
-    q_ids = _as_id_array(query_ids, "query_ids")  # [n_queries]
-    x_ids = _as_id_array(index_ids, "index_ids")  # [n_index]
+    q_ids = as_id_array(query_ids, "query_ids")  # [n_queries]
+    x_ids = as_id_array(index_ids, "index_ids")  # [n_index]
     q_rows = np.shape(query_vectors)[0] if np.ndim(query_vectors) >= 1 else None
     x_rows = np.shape(index_vectors)[0] if np.ndim(index_vectors) >= 1 else None
     if q_rows != q_ids.shape[0]:
         raise ValueError(
-            f"query_ids has {q_ids.shape[0]} ids but query_vectors has {q_rows} rows; "
-            "pass one id per vector row"
+            f"query_ids has {q_ids.shape[0]} ids but query_vectors has {q_rows} rows; pass one id per vector row"
         )
     if x_rows != x_ids.shape[0]:
         raise ValueError(
-            f"index_ids has {x_ids.shape[0]} ids but index_vectors has {x_rows} rows; "
-            "pass one id per vector row"
+            f"index_ids has {x_ids.shape[0]} ids but index_vectors has {x_rows} rows; pass one id per vector row"
         )
-    found = find_pairs(
-        query_vectors, index_vectors, min_similarity, max_results_per_query=max_results_per_query, **kw
-    )
+    found = find_pairs(query_vectors, index_vectors, min_similarity, max_results_per_query=max_results_per_query, **kw)
     saturated_ids = list(dict.fromkeys(q_ids[found.saturated].tolist()))
     if len(found) == 0:
         return PAIRS_SCHEMA.empty_table(), saturated_ids

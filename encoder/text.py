@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoder.config import TEXT_DIM
+
 logger = logging.getLogger(__name__)
 
-TEXT_DIM = 384  # hidden size of MiniLM-L6
 TEXT_POOLING = "mean-over-attention-mask+l2"
 
 
@@ -143,10 +144,7 @@ class TextTower(nn.Module):
         """
         for index, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError(
-                    f"text {index} is {type(text).__name__}, expected str; "
-                    "drop missing titles first"
-                )
+                raise ValueError(f"text {index} is {type(text).__name__}, expected str; drop missing titles first")
         n = len(texts)
         out = torch.empty((n, TEXT_DIM), dtype=torch.float32)  # [n, 384]
         order = sorted(range(n), key=lambda k: len(texts[k]))

@@ -8,18 +8,22 @@ Runs every task of ``evaluation.tasks`` with every method, then writes
   dataset used and per-task timings;
 * the tables in ``bench/README.md`` (between its markers).
 
-Exit codes: 0 done, 2 bad arguments or missing datasets (the message says which).
+    python -m evaluation --config conf/sspr.toml [--compare LABEL=CONFIG[,section.key=value...]]
+
+Exit codes: 0 done, 2 bad arguments or missing datasets (the message says which), 1 a crash.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 
-from evaluation.datasets import GROCERY_FOLDER, LEIPZIG_MAPPINGS, WDC_FOLDER
+from benchmarks.datasets import GROCERY_FOLDER, LEIPZIG_MAPPINGS, WDC_FOLDER
+from config import ConfigError, load_config
+from config.command import add_shortcut, command_parser, run_command
+from config.errors import DedupError
 from evaluation.methods import (
     EFFICIENTNET,
     MINILM,
@@ -30,54 +34,71 @@ from evaluation.methods import (
 )
 from evaluation.report import render_tables, sort_records, update_readme, write_json
 from evaluation.tasks import FILES_USED, TASKS, Run
-from jobs.config import ConfigError, load_config
 
 logger = logging.getLogger("evaluation")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SHARED = ROOT.parent / "shared" / "datasets"
 METHOD_ORDER = [TFIDF, MINILM, EFFICIENTNET, *(encoder_method(v) for v in ("m", "t", "i"))]
 REQUIRED = [WDC_FOLDER, GROCERY_FOLDER, *sorted({f for f, *_ in LEIPZIG_MAPPINGS.values()})]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parses the command line (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation",
-        description=(
-            "Measure duplicate-matching quality on the real labelled benchmarks (WDC Products, "
-            "Leipzig Abt-Buy / Amazon-Google, GroceryStore) for the project's encoder and the "
-            "baselines (character TF-IDF, zero-shot MiniLM, zero-shot EfficientNet), in one run. "
-            "Thresholds are chosen on WDC valid_medium only and judged on the other sets."
-        ),
+def build_parser():
+    """The command line (see ``--help``): the shared flags plus the evaluation's own."""
+    parser = command_parser(
+        "python -m evaluation",
+        "Measure duplicate-matching quality on the real labelled benchmarks (WDC Products, "
+        "Leipzig Abt-Buy / Amazon-Google, GroceryStore) for the config's encoder and the "
+        "baselines (character TF-IDF, zero-shot MiniLM, zero-shot EfficientNet), in one run. "
+        "Thresholds are chosen on WDC valid_medium only and judged on the other sets.",
     )
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
-                        help="the shared datasets folder (default: ../shared/datasets beside "
-                        "the checkout)")
-    parser.add_argument("--config", type=Path, default=ROOT / "conf" / "sspr.toml",
-                        help="pipeline config whose [encoder] section is evaluated")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json",
-                        help="where to write the metric records")
-    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"),
-                        help="markdown file whose generated tables are replaced ('' = none)")
-    parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"),
-                        help="vector cache folder, keyed by model_version ('' = no cache)")
-    parser.add_argument("--compare", action="append", default=[],
-                        metavar="LABEL=CONFIG[,section.key=value...]",
-                        help="also score the encoder of another pipeline config (with optional "
-                        "overrides), as methods LABEL:m / LABEL:t / LABEL:i; repeatable. E.g. "
-                        "the pure trained model: --compare "
-                        "'sspr=conf/sspr.toml,encoder.lexical_weight=0'")
-    parser.add_argument("--target-precision", type=float, default=0.9,
-                        help="precision target of the calibrated threshold (default 0.9)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples for the threshold's interval (default 1000)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="fast subset: about this many records / pairs per dataset")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help=f"comma-separated task groups to run, in order (default all: "
-                        f"{','.join(TASKS)}); leipzig needs wdc's thresholds")
-    return parser.parse_args(argv)
+    add_shortcut(
+        parser,
+        "--shared",
+        "paths.datasets_dir",
+        "the shared datasets folder (conf/sspr.toml: ../shared/datasets beside the checkout)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / "quality.json",
+        help="where to write the metric records",
+    )
+    parser.add_argument(
+        "--readme",
+        default=str(ROOT / "bench" / "README.md"),
+        help="markdown file whose generated tables are replaced ('' = none)",
+    )
+    parser.add_argument(
+        "--cache",
+        default=str(ROOT / "bench" / "cache"),
+        help="vector cache folder, keyed by model_version ('' = no cache)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=CONFIG[,section.key=value...]",
+        help="also score the encoder of another pipeline config (with optional "
+        "overrides), as methods LABEL:m / LABEL:t / LABEL:i; repeatable. E.g. "
+        "the pure trained model: --compare "
+        "'sspr=conf/sspr.toml,encoder.lexical_weight=0'",
+    )
+    parser.add_argument(
+        "--target-precision", type=float, default=0.9, help="precision target of the calibrated threshold (default 0.9)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the threshold's interval (default 1000)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="fast subset: about this many records / pairs per dataset"
+    )
+    parser.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help=f"comma-separated task groups to run, in order (default all: "
+        f"{','.join(TASKS)}); leipzig needs wdc's thresholds",
+    )
+    return parser
 
 
 def portable(settings: dict) -> dict:
@@ -122,38 +143,34 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments (``sys.argv[1:]`` when None).
 
     Returns:
-        The exit code: 0 on success, 2 on a usage or data problem.
+        The exit code: 0 on success, 2 on a usage or data problem, 1 on a crash.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    missing = [name for name in REQUIRED if not (args.shared / name).is_dir()]
+    return run_command("evaluation", evaluate, argv, build_parser(), logger)
+
+
+def evaluate(args, config) -> int:
+    """The command's body: checks the inputs, runs every task, writes the outputs."""
+    shared = Path(config.paths.datasets_dir)
+    missing = [name for name in REQUIRED if not (shared / name).is_dir()]
     if missing:
-        logger.error(
-            "datasets %s not found under %s; pass --shared with the shared datasets folder "
-            "(it holds the real benchmarks; see its README.md)", missing, args.shared,
+        raise DedupError(
+            f"datasets {missing} not found under {shared}; pass --shared with the shared datasets "
+            "folder (it holds the real benchmarks; see its README.md)"
         )
-        return 2
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or ("leipzig" in tasks and "wdc" not in tasks):
-        logger.error("--tasks %r: use some of %s; leipzig needs wdc", args.tasks, list(TASKS))
-        return 2
-    try:
-        config = load_config(args.config)
-        compared = {}
-        for item in args.compare:
-            label, path, overrides = parse_compare(item)
-            if label == "encoder" or ":" in label or label in compared:
-                raise ConfigError(f"--compare {item!r}: the label must be new, not 'encoder', "
-                                  "and without ':'")
-            compared[label] = load_config(Path(path), overrides)
-    except ConfigError as error:
-        logger.error("%s", error)
-        return 2
+        raise DedupError(f"--tasks {args.tasks!r}: use some of {list(TASKS)}; leipzig needs wdc")
+    compared = {}
+    for item in args.compare:
+        label, path, overrides = parse_compare(item)
+        if label == "encoder" or ":" in label or label in compared:
+            raise ConfigError(f"--compare {item!r}: the label must be new, not 'encoder', and without ':'")
+        compared[label] = load_config(Path(path), overrides)
 
     cache = VectorCache(Path(args.cache) if args.cache else None)
     run = Run(
-        shared=args.shared,
+        shared=shared,
         methods=NeuralMethods(config.encoder, cache),
         target_precision=args.target_precision,
         limit=args.limit,
@@ -171,35 +188,40 @@ def main(argv: list[str] | None = None) -> int:
         **run.details,
         "model_version": run.methods.model_version,
         "encoder": portable(config.encoder.__dict__),
-        "compared": {label: {"option": item, "model_version": run.compare[label].model_version,
-                             "encoder": portable(compared[label].encoder.__dict__)}
-                     for label, item in zip(compared, args.compare)},
+        "compared": {
+            label: {
+                "option": item,
+                "model_version": run.compare[label].model_version,
+                "encoder": portable(compared[label].encoder.__dict__),
+            }
+            for label, item in zip(compared, args.compare, strict=True)
+        },
         "target_precision": args.target_precision,
         "limit": args.limit,
         "thresholds": run.thresholds,
         "files_used": FILES_USED,
         "pipeline_min_similarity": config.dedup.min_similarity,
-        "calibrated_min_similarity": run.thresholds.get(encoder_method("m"), {}).get(
-            f"wdc-p{args.target_precision:g}"
-        ),
+        "calibrated_min_similarity": run.thresholds.get(encoder_method("m"), {}).get(f"wdc-p{args.target_precision:g}"),
     }
     write_json(args.out.with_name(args.out.stem + "_details.json"), details)
     if args.readme:
         order = METHOD_ORDER + [encoder_method(v, label) for label in compared for v in "mti"]
         update_readme(Path(args.readme), render_tables(records, order))
-    logger.info("wrote %d records to %s in %.1fs", len(records), args.out,
-                time.perf_counter() - started)
+    logger.info("wrote %d records to %s in %.1fs", len(records), args.out, time.perf_counter() - started)
     if details["calibrated_min_similarity"] is None:
         logger.warning(
             "encoder:m reaches no threshold with precision %.2f on WDC valid_medium; keep "
             "dedup.min_similarity (%s) and say so in its min_similarity_source",
-            args.target_precision, config.dedup.min_similarity,
+            args.target_precision,
+            config.dedup.min_similarity,
         )
     else:
         logger.info(
             "calibrated dedup.min_similarity for encoder:m (precision %.2f on WDC valid_medium): "
-            "%.4f; the config has %s", args.target_precision,
-            details["calibrated_min_similarity"], config.dedup.min_similarity,
+            "%.4f; the config has %s",
+            args.target_precision,
+            details["calibrated_min_similarity"],
+            config.dedup.min_similarity,
         )
     return 0
 

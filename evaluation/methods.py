@@ -66,9 +66,7 @@ def tfidf_vectors(texts: Sequence[str]) -> sp.csr_matrix:
     Returns:
         A sparse float64 [n, vocabulary] matrix with L2-normalised rows.
     """
-    vectorizer = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True, norm="l2"
-    )
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True, norm="l2")
     return vectorizer.fit_transform(list(texts)).tocsr()
 
 
@@ -139,7 +137,7 @@ class NeuralMethods:
     """The pretrained baselines and the project's encoder, built lazily, with a vector cache.
 
     Args:
-        encoder_config: the encoder the pipeline runs (``jobs.config`` ``encoder`` section).
+        encoder_config: the encoder the pipeline runs (``config`` ``encoder`` section).
         cache: where vectors are cached.
     """
 
@@ -154,7 +152,7 @@ class NeuralMethods:
     def encoder(self):
         """The project's encoder (``encoder.build_encoder``), built on first use."""
         if self._encoder is None:
-            from encoder.model import build_encoder
+            from encoder.factory import build_encoder
 
             self._encoder = build_encoder(self.encoder_config)
         return self._encoder
@@ -166,7 +164,7 @@ class NeuralMethods:
 
     def _baseline_key(self, name: str) -> str:
         """Cache key of a pretrained baseline: its name and the weights digest."""
-        from encoder.model import weights_digest
+        from encoder.base import weights_digest
 
         return f"{name.split()[0]}-{weights_digest()[:16]}"
 
@@ -268,19 +266,23 @@ class NeuralMethods:
         n = len(titles)
         zeros = np.zeros((n, encoder.base.dim), dtype=np.float32)
         image = arrays.get("i", zeros)
-        from encoder.model import EncodedListings
+        from encoder.base import EncodedListings
 
         base = EncodedListings(
-            m=arrays["m"] if "m" in arrays else zeros, t=arrays["t"], i=image,
+            m=arrays.get("m", zeros),
+            t=arrays["t"],
+            i=image,
             has_text=np.abs(arrays["t"]).sum(axis=1) > 0,
             has_image=np.abs(image).sum(axis=1) > 0,
-            image_error=[None] * n, model_version=encoder.base.model_version,
+            image_error=[None] * n,
+            model_version=encoder.base.model_version,
         )
         joined = encoder.join(base, titles)
         return {view: getattr(joined, view) for view in views}
 
-    def encode_neural(self, name: str, titles: Sequence[str | None], paths: Sequence[str | None],
-                      views: Sequence[str]) -> dict[str, np.ndarray]:
+    def encode_neural(
+        self, name: str, titles: Sequence[str | None], paths: Sequence[str | None], views: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         """Embeds records with the neural part of the project's encoder (itself, if not hybrid).
 
         Args and returns as ``encode``; vectors are cached under the neural model_version.
@@ -289,16 +291,13 @@ class NeuralMethods:
 
         encoder = self.encoder
         neural = encoder.base if isinstance(encoder, HybridEncoder) else encoder
-        inputs = [f"{t}\x00{p}" for t, p in zip(titles, paths)]
+        inputs = [f"{t}\x00{p}" for t, p in zip(titles, paths, strict=True)]
 
         def compute() -> dict[str, np.ndarray]:
             size = 256
             out: dict[str, list[np.ndarray]] = {v: [] for v in views}
             for start in range(0, len(inputs), size):
-                images = [
-                    None if p is None else Path(p).read_bytes()
-                    for p in paths[start : start + size]
-                ]
+                images = [None if p is None else Path(p).read_bytes() for p in paths[start : start + size]]
                 encoded = neural.encode(list(titles[start : start + size]), images)
                 for view in views:
                     out[view].append(getattr(encoded, view))

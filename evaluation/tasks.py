@@ -20,6 +20,16 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from benchmarks.datasets import (
+    WDC_TEST,
+    WDC_VALID,
+    read_grocery,
+    read_leipzig_matching,
+    read_wdc_offers,
+    read_wdc_pairs,
+    subset_pairs,
+    within_source_groups,
+)
 from dedup.calibration import CalibrationError, calibrate
 from dedup.cluster import cluster_pairs
 from dedup.metrics import (
@@ -33,16 +43,6 @@ from dedup.metrics import (
     score_pairs,
 )
 from dedup.search import find_pairs_by_id
-from evaluation.datasets import (
-    WDC_TEST,
-    WDC_VALID,
-    read_grocery,
-    read_leipzig_matching,
-    read_wdc_offers,
-    read_wdc_pairs,
-    subset_pairs,
-    within_source_groups,
-)
 from evaluation.methods import (
     EFFICIENTNET,
     MINILM,
@@ -66,25 +66,20 @@ MULTIMODAL_METHODS = (
     encoder_method("i"),
     encoder_method("m"),
 )
-CONSTRUCTED_TITLES_NOTE = (
-    "titles are constructed (brand + coarse class, e.g. 'Arla Milk'), not real listing titles"
-)
+CONSTRUCTED_TITLES_NOTE = "titles are constructed (brand + coarse class, e.g. 'Arla Milk'), not real listing titles"
 
 FILES_USED = {
     "wdc:valid_medium": f"WDC {WDC_VALID}: choose the pair threshold (best F1) and calibrate "
     "the precision-target threshold",
     **{
-        f"wdc:{split}": f"WDC {split} (test): pair P/R/F1 at the valid threshold; retrieval "
-        "over its offers"
+        f"wdc:{split}": f"WDC {split} (test): pair P/R/F1 at the valid threshold; retrieval over its offers"
         for split in WDC_TEST
     },
     "leipzig:abt_buy": "Abt.csv, Buy.csv, abt_buy_perfectMapping.csv (test: transfer)",
-    "leipzig:amazon_google": "Amazon.csv, GoogleProducts.csv, Amzon_GoogleProducts_perfectMapping"
-    ".csv (test: transfer)",
+    "leipzig:amazon_google": "Amazon.csv, GoogleProducts.csv, Amzon_GoogleProducts_perfectMapping.csv (test: transfer)",
     "leipzig:google_within_supplier": "GoogleProducts.csv + the mapping (test: transfer); groups "
     "= Google records mapped to the same Amazon product",
-    "grocery:images": "GroceryStore Packages test photos (queries) vs train photos / the 31 "
-    "catalog images (galleries)",
+    "grocery:images": "GroceryStore Packages test photos (queries) vs train photos / the 31 catalog images (galleries)",
     "grocery:multimodal": "GroceryStore Packages test photos (queries) vs train photos "
     "(gallery), " + CONSTRUCTED_TITLES_NOTE,
 }
@@ -134,9 +129,7 @@ class Run:
             }
         )
 
-    def add_scores(
-        self, dataset: str, task: str, method: str, scores: PairScores, n: int, suffix: str = ""
-    ) -> None:
+    def add_scores(self, dataset: str, task: str, method: str, scores: PairScores, n: int, suffix: str = "") -> None:
         """Appends precision, recall and F1 records (metric names get ``suffix``)."""
         for metric in ("precision", "recall", "f1"):
             self.add(dataset, task, method, metric + suffix, getattr(scores, metric), n)
@@ -239,32 +232,25 @@ def evaluate_wdc(run: Run) -> None:
     used = pd.concat([valid, *tests.values()])
     offers = offers[offers["id"].isin(used["id_left"]) | offers["id"].isin(used["id_right"])]
     offers = offers.reset_index(drop=True)
-    vectors = text_vectors(run, "wdc-offers", offers["title"].tolist(),
-                           run.methods_for(TEXT_METHODS, "mt"))
+    vectors = text_vectors(run, "wdc-offers", offers["title"].tolist(), run.methods_for(TEXT_METHODS, "mt"))
 
     def sims(matrix: Matrix, pairs: pd.DataFrame) -> np.ndarray:
-        return pair_similarities(
-            matrix, _rows(offers["id"], pairs["id_left"]), _rows(offers["id"], pairs["id_right"])
-        )
+        return pair_similarities(matrix, _rows(offers["id"], pairs["id_left"]), _rows(offers["id"], pairs["id_right"]))
 
     for method, matrix in vectors.items():
         valid_sims, valid_labels = sims(matrix, valid), valid["label"].to_numpy()
         choice = best_f1_threshold(valid_sims, valid_labels)
-        run.add("wdc:valid_medium", "pair-classification", method, "best_f1", choice.scores.f1,
-                len(valid))
-        run.add("wdc:valid_medium", "pair-classification", method, "threshold", choice.threshold,
-                len(valid))
+        run.add("wdc:valid_medium", "pair-classification", method, "best_f1", choice.scores.f1, len(valid))
+        run.add("wdc:valid_medium", "pair-classification", method, "threshold", choice.threshold, len(valid))
         thresholds = {"wdc-valid-f1": choice.threshold}
         try:
-            calibration = calibrate(
-                valid_sims, valid_labels, run.target_precision, n_bootstrap=run.n_bootstrap
-            )
+            calibration = calibrate(valid_sims, valid_labels, run.target_precision, n_bootstrap=run.n_bootstrap)
             thresholds[f"wdc-p{run.target_precision:g}"] = calibration.threshold
             run.details["calibration"][method] = calibration.to_dict()
-            run.add("wdc:valid_medium", "calibration", method, "calibrated_threshold",
-                    calibration.threshold, len(valid))
-            run.add("wdc:valid_medium", "calibration", method, "recall_at_target",
-                    calibration.recall, len(valid))
+            run.add(
+                "wdc:valid_medium", "calibration", method, "calibrated_threshold", calibration.threshold, len(valid)
+            )
+            run.add("wdc:valid_medium", "calibration", method, "recall_at_target", calibration.recall, len(valid))
         except CalibrationError as error:
             logger.warning("%s: %s", method, error)
             run.details["calibration"][method] = {"error": str(error)}
@@ -276,8 +262,7 @@ def evaluate_wdc(run: Run) -> None:
             split_sims, split_labels = sims(matrix, pairs), pairs["label"].to_numpy()
             for kind, threshold in thresholds.items():
                 scores = score_pairs(split_sims, split_labels, threshold)
-                run.add_scores(f"wdc:{split}", "pair-classification", method, scores, len(pairs),
-                               suffix=f"@{kind}")
+                run.add_scores(f"wdc:{split}", "pair-classification", method, scores, len(pairs), suffix=f"@{kind}")
 
     for split, pairs in tests.items():
         rows, clusters = _pair_offers(offers, pairs)
@@ -339,10 +324,10 @@ def sweep_lexical_weight(run: Run, offers: pd.DataFrame, valid: pd.DataFrame) ->
         ranks = _cluster_ranks(hybrid[rows], clusters)
         mrr = retrieval_metrics(ranks, DEFAULT_KS)["mrr"]
         f1 = best_f1_threshold(pair_similarities(hybrid, left, right), labels).scores.f1
-        run.add("wdc:valid_medium", "lexical-weight sweep", encoder_method("m"), f"mrr@w={weight:.1f}",
-                mrr, len(ranks))
-        run.add("wdc:valid_medium", "lexical-weight sweep", encoder_method("m"),
-                f"best_f1@w={weight:.1f}", f1, len(valid))
+        run.add("wdc:valid_medium", "lexical-weight sweep", encoder_method("m"), f"mrr@w={weight:.1f}", mrr, len(ranks))
+        run.add(
+            "wdc:valid_medium", "lexical-weight sweep", encoder_method("m"), f"best_f1@w={weight:.1f}", f1, len(valid)
+        )
         if mrr > best_mrr:
             best_weight, best_mrr = weight, mrr
     run.details["lexical_weight"] = {
@@ -351,8 +336,12 @@ def sweep_lexical_weight(run: Run, offers: pd.DataFrame, valid: pd.DataFrame) ->
         "chosen_mrr": round(float(best_mrr), 6),
         "configured": float(config.lexical_weight),
     }
-    logger.info("lexical weight by the valid_medium MRR rule: %.1f (MRR %.4f); the config has %.1f",
-                best_weight, best_mrr, config.lexical_weight)
+    logger.info(
+        "lexical weight by the valid_medium MRR rule: %.1f (MRR %.4f); the config has %.1f",
+        best_weight,
+        best_mrr,
+        config.lexical_weight,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,8 +351,7 @@ def sweep_lexical_weight(run: Run, offers: pd.DataFrame, valid: pd.DataFrame) ->
 def _labelled_cross_pairs(task, n_left: int, n_right: int) -> np.ndarray:
     """bool [n_left, n_right]: True where the mapping says the two records match."""
     truth = np.zeros((n_left, n_right), dtype=bool)
-    truth[_rows(task.left["id"], task.matches["left_id"]),
-          _rows(task.right["id"], task.matches["right_id"])] = True
+    truth[_rows(task.left["id"], task.matches["left_id"]), _rows(task.right["id"], task.matches["right_id"])] = True
     return truth
 
 
@@ -390,19 +378,15 @@ def evaluate_leipzig(run: Run) -> None:
             flat_truth = truth.ravel()
             oracle = best_f1_threshold(flat_sims, flat_truth)
             run.add(dataset, "cross-pairs", method, "oracle_f1", oracle.scores.f1, flat_sims.size)
-            run.add(dataset, "cross-pairs", method, "oracle_threshold", oracle.threshold,
-                    flat_sims.size)
+            run.add(dataset, "cross-pairs", method, "oracle_threshold", oracle.threshold, flat_sims.size)
             for kind, threshold in run.thresholds.get(method, {}).items():
                 scores = score_pairs(flat_sims, flat_truth, threshold)
-                run.add_scores(dataset, "cross-pairs", method, scores, flat_sims.size,
-                               suffix=f"@{kind}")
+                run.add_scores(dataset, "cross-pairs", method, scores, flat_sims.size, suffix=f"@{kind}")
             if name == "amazon_google":
                 _within_supplier(run, task, method, right)
 
 
-def threshold_pairs(
-    ids: np.ndarray, vectors: Matrix, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def threshold_pairs(ids: np.ndarray, vectors: Matrix, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of distinct records with similarity >= threshold, each once (``l < r`` by id).
 
     Dense vectors go through the pipeline's ``dedup.find_pairs_by_id``; sparse TF-IDF vectors
@@ -410,7 +394,11 @@ def threshold_pairs(
     """
     if not sp.issparse(vectors):
         table, saturated = find_pairs_by_id(
-            ids, vectors.astype(np.float32), ids, vectors.astype(np.float32), threshold,
+            ids,
+            vectors.astype(np.float32),
+            ids,
+            vectors.astype(np.float32),
+            threshold,
             max_results_per_query=len(ids),
         )
         assert not saturated  # the budget is the whole catalogue
@@ -431,9 +419,7 @@ def group_labels(ids: np.ndarray, left, right, similarity) -> np.ndarray:
     labels = pd.Series(np.array(ids, dtype=object, copy=True), index=ids)
     if len(left):
         members = cluster_pairs(left, right, similarity).members.to_pandas()
-        labels.loc[members["listing_id"].to_numpy()] = (
-            "group:" + members["component"].astype(str)
-        ).to_numpy()
+        labels.loc[members["listing_id"].to_numpy()] = ("group:" + members["component"].astype(str)).to_numpy()
     return labels.to_numpy()
 
 
@@ -452,11 +438,11 @@ def _within_supplier(run: Run, task, method: str, vectors: Matrix) -> None:
         (min(a, b), max(a, b))
         for group in pd.Series(ids).groupby(truth).agg(list)
         for k, a in enumerate(group)
-        for b in group[k + 1:]
+        for b in group[k + 1 :]
     }
     for kind, threshold in run.thresholds.get(method, {}).items():
         left, right, similarity = threshold_pairs(ids, vectors, threshold)
-        raw = pair_set_scores(set(zip(left.tolist(), right.tolist())), true_pairs)
+        raw = pair_set_scores(set(zip(left.tolist(), right.tolist(), strict=True)), true_pairs)
         grouped = cluster_pair_scores(group_labels(ids, left, right, similarity), truth)
         run.add_scores(dataset, name, method, raw, n, suffix=f"_pairs@{kind}")
         run.add_scores(dataset, name, method, grouped, n, suffix=f"_groups@{kind}")
@@ -500,9 +486,7 @@ def evaluate_grocery(run: Run) -> None:
     catalog images (photo → catalog). Same fine class = same product.
     """
     photos, catalog = read_grocery(run.shared, run.limit)
-    records = pd.concat(
-        [photos[photos["split"].isin(("train", "test"))], catalog], ignore_index=True
-    )
+    records = pd.concat([photos[photos["split"].isin(("train", "test"))], catalog], ignore_index=True)
     paths, titles = records["path"].tolist(), records["title"].tolist()
     vectors: dict[str, Matrix] = {
         TFIDF: tfidf_vectors(titles),
@@ -517,8 +501,12 @@ def evaluate_grocery(run: Run) -> None:
     for gallery_split, task, methods, dataset in (
         ("train", "photo->photo", run.methods_for(IMAGE_METHODS, "i"), "grocery:images"),
         ("catalog", "photo->catalog", run.methods_for(IMAGE_METHODS, "i"), "grocery:images"),
-        ("train", "photo->photo (constructed titles)", run.methods_for(MULTIMODAL_METHODS, "tim"),
-         "grocery:multimodal"),
+        (
+            "train",
+            "photo->photo (constructed titles)",
+            run.methods_for(MULTIMODAL_METHODS, "tim"),
+            "grocery:multimodal",
+        ),
     ):
         gallery = split == gallery_split
         relevant = classes[query][:, None] == classes[gallery][None, :]

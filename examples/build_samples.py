@@ -34,15 +34,15 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from evaluation.datasets import grocery_title, read_leipzig_source
+from benchmarks.datasets import grocery_title, read_leipzig_source
 from schemas.tables import LISTINGS
 
 LOG = logging.getLogger("build_samples")
@@ -167,7 +167,7 @@ def pick_day(rng: random.Random) -> int:
 
 def timestamp_in_day(day: int, rng: random.Random) -> dt.datetime:
     """Returns a random whole-second UTC timestamp within day ``day`` (0-based)."""
-    start = dt.datetime.fromisoformat(DAYS[day]).replace(tzinfo=dt.timezone.utc)
+    start = dt.datetime.fromisoformat(DAYS[day]).replace(tzinfo=dt.UTC)
     return start + dt.timedelta(seconds=rng.randrange(60, 86_400 - 60))
 
 
@@ -236,18 +236,20 @@ def read_leipzig(shared: Path) -> tuple[dict[str, pd.DataFrame], list[set[str]]]
     ab_map = pd.read_csv(ab / "abt_buy_perfectMapping.csv", dtype=str)
     edges = [
         (f"amazon:{a}", f"google:{GOOGLE_ID.fullmatch(g).group(1)}")
-        for a, g in zip(ag_map["idAmazon"], ag_map["idGoogleBase"])
+        for a, g in zip(ag_map["idAmazon"], ag_map["idGoogleBase"], strict=True)
     ]
-    edges += [(f"abt:{a}", f"buy:{b}") for a, b in zip(ab_map["idAbt"], ab_map["idBuy"])]
+    edges += [(f"abt:{a}", f"buy:{b}") for a, b in zip(ab_map["idAbt"], ab_map["idBuy"], strict=True)]
     clusters = connected_components(edges)
-    LOG.info("leipzig: %s records, %d mapping pairs, %d clusters",
-             {k: len(v) for k, v in records.items()}, len(edges), len(clusters))
+    LOG.info(
+        "leipzig: %s records, %d mapping pairs, %d clusters",
+        {k: len(v) for k, v in records.items()},
+        len(edges),
+        len(clusters),
+    )
     return records, clusters
 
 
-def title_clash_stats(
-    records: pd.DataFrame, source: str, clusters: list[set[str]]
-) -> tuple[int, int]:
+def title_clash_stats(records: pd.DataFrame, source: str, clusters: list[set[str]]) -> tuple[int, int]:
     """Counts normalised titles shared by several records of one source.
 
     Args:
@@ -261,15 +263,13 @@ def title_clash_stats(
     """
     cluster_of = {node: i for i, cluster in enumerate(clusters) for node in cluster}
     holders = collections.defaultdict(list)
-    for rid, title in zip(records["id"], records["title"]):
+    for rid, title in zip(records["id"], records["title"], strict=True):
         holders[norm_title(title)].append(cluster_of.get(f"{source}:{rid}", f"unmapped:{rid}"))
     shared = [homes for homes in holders.values() if len(homes) > 1]
     return len(shared), sum(1 for homes in shared if len(set(homes)) > 1)
 
 
-def sample_text_supplier(
-    spec: TextSupplierSpec, records: pd.DataFrame, clusters: list[set[str]]
-) -> list[Row]:
+def sample_text_supplier(spec: TextSupplierSpec, records: pd.DataFrame, clusters: list[set[str]]) -> list[Row]:
     """Samples duplicate groups and singletons of one Leipzig source as one supplier's listings.
 
     A duplicate group is every record of ``spec.source`` in one mapping cluster that holds two or
@@ -293,10 +293,10 @@ def sample_text_supplier(
     for index, cluster in enumerate(clusters):
         for node in cluster:
             if node.startswith(prefix):
-                cluster_of[node[len(prefix):]] = index
+                cluster_of[node[len(prefix) :]] = index
 
     titles = collections.defaultdict(set)
-    for rid, title in zip(records["id"], records["title"]):
+    for rid, title in zip(records["id"], records["title"], strict=True):
         titles[norm_title(title)].add(rid)
 
     def title_clash(rid: str) -> bool:
@@ -308,7 +308,7 @@ def sample_text_supplier(
     groups: list[tuple[str, list[str]]] = []
     clashing_groups = 0
     for cluster in clusters:
-        own = sorted(node[len(prefix):] for node in cluster if node.startswith(prefix))
+        own = sorted(node[len(prefix) :] for node in cluster if node.startswith(prefix))
         if len(own) < 2:
             continue
         other = min(node for node in cluster if node.startswith(f"{spec.other}:"))
@@ -320,8 +320,11 @@ def sample_text_supplier(
     if spec.n_groups is not None:
         groups = sorted(rng.sample(groups, spec.n_groups))
     elif clashing_groups:
-        LOG.warning("%s: %d of its duplicate groups share a title with a record outside the group",
-                    spec.supplier_id, clashing_groups)
+        LOG.warning(
+            "%s: %d of its duplicate groups share a title with a record outside the group",
+            spec.supplier_id,
+            clashing_groups,
+        )
 
     def alone(rid: str) -> bool:
         """True when rid is the only record of this source in its cluster (or unmapped)."""
@@ -330,8 +333,7 @@ def sample_text_supplier(
         return sum(1 for node in clusters[cluster_of[rid]] if node.startswith(prefix)) < 2
 
     singles = sorted(
-        rid for rid in records["id"]
-        if clean(by_id.at[rid, "title"]) and alone(rid) and not title_clash(rid)
+        rid for rid in records["id"] if clean(by_id.at[rid, "title"]) and alone(rid) and not title_clash(rid)
     )
     singles = rng.sample(singles, spec.n_singletons)
 
@@ -355,12 +357,16 @@ def sample_text_supplier(
 
     rows = [make(rid, pick_day(rng), other) for other, own in groups for rid in own]
     # the first singletons go one to each day so that every day has some; the rest at random
-    rows += [make(rid, i if i < len(DAYS) else pick_day(rng), None)
-             for i, rid in enumerate(singles)]
+    rows += [make(rid, i if i < len(DAYS) else pick_day(rng), None) for i, rid in enumerate(singles)]
     for row in rows:
         row.updated_at = timestamp_in_day(row.day, rng)
-    LOG.info("%s: %d groups (%d listings) + %d singletons", spec.supplier_id, len(groups),
-             sum(len(own) for _, own in groups), len(singles))
+    LOG.info(
+        "%s: %d groups (%d listings) + %d singletons",
+        spec.supplier_id,
+        len(groups),
+        sum(len(own) for _, own in groups),
+        len(singles),
+    )
     return rows
 
 
@@ -370,15 +376,25 @@ def sample_text_supplier(
 GROCERY_SHOPS: dict[str, tuple[str, ...]] = {
     # four Arla milks and two Tropicana juices: same title, different products (hard negatives)
     "grocer-north": (
-        "Arla-Standard-Milk", "Arla-Medium-Fat-Milk", "Arla-Ecological-Medium-Fat-Milk",
-        "Arla-Lactose-Medium-Fat-Milk", "Tropicana-Apple-Juice", "Tropicana-Golden-Grapefruit",
-        "Oatly-Oat-Milk", "Alpro-Blueberry-Soyghurt",
+        "Arla-Standard-Milk",
+        "Arla-Medium-Fat-Milk",
+        "Arla-Ecological-Medium-Fat-Milk",
+        "Arla-Lactose-Medium-Fat-Milk",
+        "Tropicana-Apple-Juice",
+        "Tropicana-Golden-Grapefruit",
+        "Oatly-Oat-Milk",
+        "Alpro-Blueberry-Soyghurt",
     ),
     # two God Morgon juices, two Yoggi yoghurts, two Arla sour creams
     "grocer-south": (
-        "God-Morgon-Apple-Juice", "God-Morgon-Orange-Juice", "Bravo-Orange-Juice",
-        "Yoggi-Strawberry-Yoghurt", "Yoggi-Vanilla-Yoghurt", "Arla-Sour-Cream",
-        "Arla-Ecological-Sour-Cream", "Arla-Standard-Milk",
+        "God-Morgon-Apple-Juice",
+        "God-Morgon-Orange-Juice",
+        "Bravo-Orange-Juice",
+        "Yoggi-Strawberry-Yoghurt",
+        "Yoggi-Vanilla-Yoghurt",
+        "Arla-Sour-Cream",
+        "Arla-Ecological-Sour-Cream",
+        "Arla-Standard-Milk",
     ),
 }
 """The fine classes (SKUs) each grocery shop lists; Arla-Standard-Milk is in both (other photos)."""
@@ -391,6 +407,7 @@ GROCERY_ICONIC: dict[str, tuple[str, ...]] = {
 
 GROCERY_IMAGE_ONLY = ("grocer-south", "Bravo-Orange-Juice")
 """One photo of this (shop, SKU) is listed with a null title: valid, the image stands in for it."""
+
 
 def build_grocery(shared: Path) -> list[Row]:
     """Builds the photo listings of the two grocery shops.
@@ -432,11 +449,19 @@ def build_grocery(shared: Path) -> list[Row]:
             if fine in GROCERY_ICONIC[shop]:
                 paths.append(classes.at[fine, "iconic"].lstrip("/"))
             for path in paths:
-                shop_rows.append(Row(
-                    day=pick_day(shop_rng), listing_id="", supplier_id=shop, title=title,
-                    category=category, brand=brand, image=encode_jpeg(root / path),
-                    is_deleted=None, product_id=fine,
-                ))
+                shop_rows.append(
+                    Row(
+                        day=pick_day(shop_rng),
+                        listing_id="",
+                        supplier_id=shop,
+                        title=title,
+                        category=category,
+                        brand=brand,
+                        image=encode_jpeg(root / path),
+                        is_deleted=None,
+                        product_id=fine,
+                    )
+                )
                 if (shop, fine) == GROCERY_IMAGE_ONLY and path == paths[0]:
                     shop_rows[-1].title = None
         shop_rng.shuffle(shop_rows)  # so that sequential ids do not reveal the groups
@@ -480,20 +505,24 @@ def add_faults_and_changes(rows: list[Row]) -> tuple[list[Row], list[Expected]]:
     """
     rng = supplier_rng("faults")
     day2, day3 = DAYS[1], DAYS[2]
-    noon2 = dt.datetime.fromisoformat(day2).replace(hour=12, tzinfo=dt.timezone.utc)
+    noon2 = dt.datetime.fromisoformat(day2).replace(hour=12, tzinfo=dt.UTC)
     expected: list[Expected] = []
     extra: list[Row] = []
 
     null_supplier = Row(
-        day=1, listing_id="synthetic:null-supplier-1", supplier_id=None,
+        day=1,
+        listing_id="synthetic:null-supplier-1",
+        supplier_id=None,
         title="SYNTHETIC FAULT ROW (supplier_id is null)",
         description="Synthetic row added to the sample to exercise the supplier_id_not_null rule.",
         updated_at=noon2,
     )
     no_title = Row(
-        day=1, listing_id="abt:synthetic-no-title-1", supplier_id="abt", title=None,
-        description="SYNTHETIC FAULT ROW (no title and no image): exercises "
-                    "title_or_image_present.",
+        day=1,
+        listing_id="abt:synthetic-no-title-1",
+        supplier_id="abt",
+        title=None,
+        description="SYNTHETIC FAULT ROW (no title and no image): exercises title_or_image_present.",
         updated_at=noon2 + dt.timedelta(minutes=5),
     )
     extra += [null_supplier, no_title]
@@ -504,33 +533,49 @@ def add_faults_and_changes(rows: list[Row]) -> tuple[list[Row], list[Expected]]:
 
     def singletons(supplier: str, day: int, priced: bool = False) -> list[Row]:
         return sorted(
-            (r for r in rows if r.supplier_id == supplier and r.day == day and r.singleton
-             and (r.price is not None or not priced)),
+            (
+                r
+                for r in rows
+                if r.supplier_id == supplier and r.day == day and r.singleton and (r.price is not None or not priced)
+            ),
             key=lambda r: r.listing_id,
         )
 
     kept = rng.choice(singletons("amazon", 1, priced=True))
-    day2_start = dt.datetime.fromisoformat(day2).replace(tzinfo=dt.timezone.utc)
+    day2_start = dt.datetime.fromisoformat(day2).replace(tzinfo=dt.UTC)
     stale = dataclasses.replace(
-        kept, price=round(kept.price + 5.0, 2), singleton=False,
+        kept,
+        price=round(kept.price + 5.0, 2),
+        singleton=False,
         description="SYNTHETIC FAULT ROW (stale copy with an older updated_at of a listing "
-                    "sent again later the same day): exercises listing_id_unique.",
+        "sent again later the same day): exercises listing_id_unique.",
         updated_at=day2_start + dt.timedelta(seconds=(kept.updated_at - day2_start).seconds // 2),
     )
     extra.append(stale)
     expected.append(Expected(day2, kept.listing_id, "amazon", "quarantine", "listing_id_unique"))
 
     updated = rng.choice(singletons("google-products", 0, priced=True))
-    extra.append(dataclasses.replace(
-        updated, day=2, price=round(updated.price * 0.9, 2), singleton=False,
-        updated_at=timestamp_in_day(2, rng),
-    ))
+    extra.append(
+        dataclasses.replace(
+            updated,
+            day=2,
+            price=round(updated.price * 0.9, 2),
+            singleton=False,
+            updated_at=timestamp_in_day(2, rng),
+        )
+    )
     expected.append(Expected(day3, updated.listing_id, updated.supplier_id, "change", "updated"))
 
     deleted = rng.choice(singletons("buy", 0))
-    extra.append(dataclasses.replace(
-        deleted, day=2, is_deleted=True, singleton=False, updated_at=timestamp_in_day(2, rng),
-    ))
+    extra.append(
+        dataclasses.replace(
+            deleted,
+            day=2,
+            is_deleted=True,
+            singleton=False,
+            updated_at=timestamp_in_day(2, rng),
+        )
+    )
     expected.append(Expected(day3, deleted.listing_id, deleted.supplier_id, "change", "deleted"))
     return rows + extra, expected
 
@@ -555,8 +600,7 @@ def write_listings(rows: list[Row], out: Path) -> dict[str, Path]:
             old.unlink()
     files = {}
     for index, day in enumerate(DAYS):
-        day_rows = sorted((r for r in rows if r.day == index),
-                          key=lambda r: (r.updated_at, r.listing_id))
+        day_rows = sorted((r for r in rows if r.day == index), key=lambda r: (r.updated_at, r.listing_id))
         table = pa.Table.from_pylist([r.record() for r in day_rows], schema=LISTINGS_SCHEMA)
         path = listings / f"dt={day}" / "part-00000.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -578,18 +622,22 @@ def write_csv(path: Path, header: list[str], records: Iterable[Iterable[object]]
 def write_ground_truth(rows: list[Row], expected: list[Expected], shared: Path, out: Path) -> None:
     """Writes ``ground_truth/``: duplicates, expected quarantine, changes and the MIT licence."""
     truth = out / "ground_truth"
-    members = sorted({(r.supplier_id, r.listing_id, r.product_id)
-                      for r in rows if r.product_id is not None})
+    members = sorted({(r.supplier_id, r.listing_id, r.product_id) for r in rows if r.product_id is not None})
     sizes = collections.Counter((s, p) for s, _, p in members)
     small = [key for key, size in sizes.items() if size < 2]
     if small:
         raise AssertionError(f"duplicate groups with fewer than 2 members: {small}")
     write_csv(truth / "duplicates.csv", ["supplier_id", "listing_id", "product_id"], members)
-    write_csv(truth / "quarantine.csv", ["run_date", "listing_id", "rule"],
-              [(e.run_date, e.listing_id, e.what) for e in expected if e.kind == "quarantine"])
-    write_csv(truth / "changes.csv", ["run_date", "supplier_id", "listing_id", "event"],
-              [(e.run_date, e.supplier_id, e.listing_id, e.what)
-               for e in expected if e.kind == "change"])
+    write_csv(
+        truth / "quarantine.csv",
+        ["run_date", "listing_id", "rule"],
+        [(e.run_date, e.listing_id, e.what) for e in expected if e.kind == "quarantine"],
+    )
+    write_csv(
+        truth / "changes.csv",
+        ["run_date", "supplier_id", "listing_id", "event"],
+        [(e.run_date, e.supplier_id, e.listing_id, e.what) for e in expected if e.kind == "change"],
+    )
     shutil.copyfile(shared / "grocery_store_packages" / "LICENSE", truth / "GROCERYSTORE_LICENSE")
     LOG.info("wrote %s: %d duplicate listings in %d groups", truth, len(members), len(sizes))
 
@@ -615,8 +663,13 @@ def summarise(rows: list[Row]) -> dict:
             sum(1 for g in mine if len({r.day for r in g}) > 1),
             sum(1 for r in rows if r.supplier_id == s and r.singleton),
         )
-    return {"suppliers": suppliers, "per_day": per_day, "images": images, "groups": group_stats,
-            "total": collections.Counter(r.day for r in rows)}
+    return {
+        "suppliers": suppliers,
+        "per_day": per_day,
+        "images": images,
+        "groups": group_stats,
+        "total": collections.Counter(r.day for r in rows),
+    }
 
 
 README_TEMPLATE = """\
@@ -742,9 +795,7 @@ def markdown_table(header: list[str], records: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(
-    rows: list[Row], expected: list[Expected], clash: dict[str, tuple[int, int]], out: Path
-) -> None:
+def write_readme(rows: list[Row], expected: list[Expected], clash: dict[str, tuple[int, int]], out: Path) -> None:
     """Writes ``README.md`` with the counts of this build.
 
     Args:
@@ -762,38 +813,33 @@ def write_readme(
     day_records.append(["**all**", *totals, sum(totals)])
     images = [stats["images"][d] for d in range(len(DAYS))]
     day_records.append(["with image", *images, sum(images)])
-    group_records = [
-        [s, *stats["groups"][s]] for s in stats["suppliers"]
-    ]
-    group_records.append(["**all**", *(sum(stats["groups"][s][i] for s in stats["suppliers"])
-                                       for i in range(4))])
+    group_records = [[s, *stats["groups"][s]] for s in stats["suppliers"]]
+    group_records.append(["**all**", *(sum(stats["groups"][s][i] for s in stats["suppliers"]) for i in range(4))])
     rules = {
         "supplier_id_not_null": "supplier_id is null",
         "title_or_image_present": "no title and no image",
         "listing_id_unique": "a second row with this listing_id and an OLDER updated_at "
-                             "(price +5, synthetic description)",
+        "(price +5, synthetic description)",
         "updated": "new price (x0.9) for a day-1 listing, newer updated_at",
         "deleted": "is_deleted = true for a day-1 listing, title kept",
     }
     outcome = {
         "supplier_id_not_null": "quarantine `supplier_id_not_null`",
         "title_or_image_present": "quarantine `title_or_image_present`",
-        "listing_id_unique": "quarantine the older row `listing_id_unique`; "
-                             "keep the newer (real) one",
+        "listing_id_unique": "quarantine the older row `listing_id_unique`; keep the newer (real) one",
         "updated": "replaces the day-1 version in the catalogue",
         "deleted": "tombstone: leaves the catalogue",
     }
     fault_records = [
-        [e.run_date, f"`{e.listing_id}`", e.supplier_id or "null", rules[e.what], outcome[e.what]]
-        for e in expected
+        [e.run_date, f"`{e.listing_id}`", e.supplier_id or "null", rules[e.what], outcome[e.what]] for e in expected
     ]
     iconic = "; ".join(f"{shop}: {', '.join(skus)}" for shop, skus in GROCERY_ICONIC.items())
     image_only = next(r.listing_id for r in rows if r.image is not None and r.title is None)
     text = README_TEMPLATE.format(
         day_table=markdown_table(["supplier_id", *DAYS, "total"], day_records),
         group_table=markdown_table(
-            ["supplier_id", "groups", "listings in groups", "groups spanning days", "singletons"],
-            group_records),
+            ["supplier_id", "groups", "listings in groups", "groups spanning days", "singletons"], group_records
+        ),
         fault_table="\n".join(markdown_table([""] * 5, fault_records).splitlines()[2:]),
         max_side=IMAGE_MAX_SIDE,
         quality=JPEG_QUALITY,
@@ -803,8 +849,7 @@ def write_readme(
         n_abt=stats["groups"]["abt"][0],
         iconic=iconic,
         image_only=f"`{image_only}`",
-        clash_stats=", ".join(f"{name} {unlinked} of {shared}"
-                              for name, (shared, unlinked) in clash.items()),
+        clash_stats=", ".join(f"{name} {unlinked} of {shared}" for name, (shared, unlinked) in clash.items()),
     )
     (out / "README.md").write_text(text, encoding="utf-8")
 
@@ -835,8 +880,7 @@ def build(shared: Path, out: Path) -> None:
     write_ground_truth(rows, expected, shared, out)
     clash = {
         f"{name}.csv": title_clash_stats(records[source], source, clusters)
-        for name, source in (("GoogleProducts", "google"), ("Amazon", "amazon"),
-                             ("Buy", "buy"), ("Abt", "abt"))
+        for name, source in (("GoogleProducts", "google"), ("Amazon", "amazon"), ("Buy", "buy"), ("Abt", "abt"))
     }
     write_readme(rows, expected, clash, out)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -849,26 +893,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     parser = argparse.ArgumentParser(
         description="Build the 3-day sample listings (Parquet), their ground truth and README "
-                    "from the real data sets in the shared datasets folder. Deterministic.",
-        epilog="Example: .venv/bin/python examples/build_samples.py "
-               "--shared ../shared/datasets --out examples",
+        "from the real data sets in the shared datasets folder. Deterministic.",
+        epilog="Example: .venv/bin/python examples/build_samples.py --shared ../shared/datasets --out examples",
     )
-    parser.add_argument("--shared", type=Path, required=True,
-                        help="shared datasets folder holding leipzig_abt_buy/, "
-                             "leipzig_amazon_google/ and grocery_store_packages/")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder; listings/, ground_truth/ and README.md in it are "
-                             "rewritten")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        required=True,
+        help="shared datasets folder holding leipzig_abt_buy/, leipzig_amazon_google/ and grocery_store_packages/",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder; listings/, ground_truth/ and README.md in it are rewritten",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.shared.is_dir():
         LOG.error("shared datasets folder not found: %s", args.shared)
         return 2

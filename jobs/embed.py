@@ -16,57 +16,169 @@ vector has the encoder's width and unit norm (``jobs.warehouse.publish``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
+import time
+from collections.abc import Iterator
 
-from jobs.errors import DedupError
+import numpy as np
+import pandas as pd
+
+from encoder.config import EncoderConfig, vector_dim
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import EMBEDDINGS, TABLES, to_ddl
 
 log = logging.getLogger(__name__)
 STAGE = "embed"
 
-ENCODER_DIMS: dict[str, int] = {"zero-shot": 1664, "sspr": 256}
-"""Width of the m / t / i vectors (``ListingEncoder.dim``) per encoder kind.
-
-Kept here so the driver need not import torch to check the output; a test compares it with the
-encoder package, and the output check fails the stage if the encoder ever disagrees.
-"""
+_ENCODERS: dict = {}  # this Python worker's encoders, by config, built on first use
 
 
-def encoder_dim(config) -> int:
-    """Returns the vector width of the encoder a config builds.
+def _gpu_addresses() -> list[str]:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
+
+
+def get_encoder(encoder_config: EncoderConfig):
+    """Returns this worker's encoder for the config, building it on first use.
 
     Args:
-        config: ``EncoderConfig``; a hybrid (``lexical_weight`` > 0) adds ``lexical_buckets``
-            to the width of its kind (``encoder.hybrid``).
+        encoder_config: the encoder settings (frozen, so it keys the cache).
 
     Returns:
-        The width of its m / t / i vectors.
-
-    Raises:
-        DedupError: for a kind without a known width.
+        An encoder with ``encode(titles, images)`` and ``model_version``. On a GPU executor the
+        device is the GPU Spark assigned to the task (``spark.task.resource.gpu.amount``).
     """
-    if config.kind not in ENCODER_DIMS:
-        raise DedupError(f"no vector width known for encoder kind {config.kind!r}; add it to "
-                         "jobs.embed.ENCODER_DIMS")
-    return ENCODER_DIMS[config.kind] + (config.lexical_buckets if config.lexical_weight > 0 else 0)
+    from encoder.factory import build_encoder
+
+    key = encoder_config
+    if key not in _ENCODERS:
+        started = time.monotonic()
+        addresses = _gpu_addresses()
+        _ENCODERS[key] = build_encoder(encoder_config, addresses)
+        log.info(
+            "encoder %s built in %.1fs (Spark GPU addresses: %s)",
+            _ENCODERS[key].model_version,
+            time.monotonic() - started,
+            addresses or "none",
+        )
+    return _ENCODERS[key]
 
 
-def embed_listings(listings, encoder_config: dict, partitions: int):
+def read_image_uri(uri: str) -> tuple[bytes | None, str | None]:
+    """Reads image bytes from a local path or fsspec URL.
+
+    Returns:
+        ``(bytes, None)``, or ``(None, reason)`` when the URI cannot be read.
+    """
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return handle.read(), None
+    except Exception as exc:  # noqa: BLE001 - any IO failure means "embed text-only and flag"
+        return None, f"image_uri_unreadable: {type(exc).__name__}: {exc}"[:500]
+
+
+def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: EncoderConfig) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: encodes listings into m / t / i vectors.
+
+    Args:
+        batches: rows with ``listing_id``, ``supplier_id``, ``updated_at``, ``title``, ``image``,
+            ``image_uri`` (deleted listings are filtered out before).
+        encoder_config: the encoder settings.
+
+    Yields:
+        Rows of the ``embeddings`` contract without ``run_date``.
+    """
+    encoder = get_encoder(encoder_config)
+    for batch in batches:
+        started = time.monotonic()
+        images: list[bytes | None] = []
+        uri_errors: list[str | None] = []
+        for data, uri in zip(batch["image"], batch["image_uri"], strict=True):
+            if data is not None and not (isinstance(data, float) and np.isnan(data)):
+                images.append(bytes(data))
+                uri_errors.append(None)
+            elif isinstance(uri, str) and uri.strip():
+                data, error = read_image_uri(uri.strip())
+                images.append(data)
+                uri_errors.append(error)
+            else:
+                images.append(None)
+                uri_errors.append(None)
+        titles = [t if isinstance(t, str) else None for t in batch["title"]]
+        try:
+            frame = _encoded_frame(batch, encoder.encode(titles, images), uri_errors)
+        except ValueError:
+            # A row with no usable title or image (e.g. a blank title and a corrupt image) fails
+            # the batch; encode row by row so only that row goes without vectors.
+            frame = pd.concat(
+                [_encode_one(encoder, batch.iloc[[k]], titles[k], images[k], uri_errors[k]) for k in range(len(batch))],
+                ignore_index=True,
+            )
+        yield frame
+        log.info("embedded %d listings in %.2fs", len(batch), time.monotonic() - started)
+
+
+def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "listing_id": batch["listing_id"].to_numpy(),
+            "supplier_id": batch["supplier_id"].to_numpy(),
+            "updated_at": batch["updated_at"].to_numpy(),
+            "is_deleted": False,
+            "has_text": encoded.has_text,
+            "has_image": encoded.has_image,
+            "image_error": [u or e for u, e in zip(uri_errors, encoded.image_error, strict=True)],
+            "emb_m": list(encoded.m),
+            "emb_t": list(encoded.t),
+            "emb_i": list(encoded.i),
+            "model_version": encoded.model_version,
+        }
+    )
+
+
+def _encode_one(
+    encoder, row: pd.DataFrame, title: str | None, image: bytes | None, uri_error: str | None
+) -> pd.DataFrame:
+    """Encodes one listing; a listing the encoder rejects gets null vectors and the reason."""
+    try:
+        return _encoded_frame(row, encoder.encode([title], [image]), [uri_error])
+    except ValueError as exc:
+        return pd.DataFrame(
+            {
+                "listing_id": row["listing_id"].to_numpy(),
+                "supplier_id": row["supplier_id"].to_numpy(),
+                "updated_at": row["updated_at"].to_numpy(),
+                "is_deleted": False,
+                "has_text": False,
+                "has_image": False,
+                "image_error": [f"not_embeddable: {uri_error or exc}"[:500]],
+                "emb_m": [None],
+                "emb_t": [None],
+                "emb_i": [None],
+                "model_version": encoder.model_version,
+            }
+        )
+
+
+def embed_listings(listings, encoder_config: EncoderConfig, partitions: int):
     """Encodes listings (not deleted) into embedding rows.
 
     Args:
         listings: rows of the ``listings`` table.
-        encoder_config: ``dataclasses.asdict(EncoderConfig)``.
+        encoder_config: the encoder settings.
         partitions: how many tasks to spread the encoding over.
 
     Returns:
         A DataFrame of ``EMBEDDINGS`` columns without ``run_date``.
     """
-    from jobs.executor import embed_batches
-
     columns = TABLES["embeddings"].data_columns
     live = listings.filter("NOT is_deleted").select(
         "listing_id", "supplier_id", "updated_at", "title", "image", "image_uri"
@@ -74,8 +186,10 @@ def embed_listings(listings, encoder_config: dict, partitions: int):
     # Hash partitioning plus a sort makes every task see the same rows in the same order on a
     # rerun, so encoder batches (and the float rounding inside them) repeat exactly: reruns
     # write byte-identical vectors.
-    return live.repartition(partitions, "listing_id").sortWithinPartitions("listing_id").mapInPandas(
-        lambda batches: embed_batches(batches, encoder_config), schema=to_ddl(EMBEDDINGS, columns)
+    return (
+        live.repartition(partitions, "listing_id")
+        .sortWithinPartitions("listing_id")
+        .mapInPandas(lambda batches: embed_batches(batches, encoder_config), schema=to_ddl(EMBEDDINGS, columns))
     )
 
 
@@ -85,13 +199,23 @@ def tombstones(listings):
 
     columns = TABLES["embeddings"].data_columns
     vector = F.lit(None).cast("array<float>")
-    return listings.filter("is_deleted").select(
-        "listing_id", "supplier_id", "updated_at",
-        F.lit(True).alias("is_deleted"), F.lit(False).alias("has_text"), F.lit(False).alias("has_image"),
-        F.lit(None).cast("string").alias("image_error"),
-        vector.alias("emb_m"), vector.alias("emb_t"), vector.alias("emb_i"),
-        F.lit(None).cast("string").alias("model_version"),
-    ).select(*columns)
+    return (
+        listings.filter("is_deleted")
+        .select(
+            "listing_id",
+            "supplier_id",
+            "updated_at",
+            F.lit(True).alias("is_deleted"),
+            F.lit(False).alias("has_text"),
+            F.lit(False).alias("has_image"),
+            F.lit(None).cast("string").alias("image_error"),
+            vector.alias("emb_m"),
+            vector.alias("emb_t"),
+            vector.alias("emb_i"),
+            F.lit(None).cast("string").alias("model_version"),
+        )
+        .select(*columns)
+    )
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -104,8 +228,7 @@ def run(ctx: StageContext) -> StageResult:
     listings = ctx.spark.table(f"{ctx.database}.listings").filter(F.col("run_date") == ctx.run_date)
     rows_in = listings.count()
     partitions = max(1, min(ctx.spark.sparkContext.defaultParallelism, rows_in // 64 + 1))
-    encoder_config = dataclasses.asdict(ctx.config.encoder)
-    embedded = embed_listings(listings, encoder_config, partitions)
+    embedded = embed_listings(listings, ctx.config.encoder, partitions)
     out = embedded.unionByName(tombstones(listings)).withColumn("run_date", F.lit(ctx.run_date)).persist()
     try:
         stats = out.agg(
@@ -115,20 +238,32 @@ def run(ctx: StageContext) -> StageResult:
             F.sum((~F.col("is_deleted") & F.col("emb_m").isNull()).cast("int")).alias("not_embeddable"),
         ).first()
         versions = [r[0] for r in out.filter("NOT is_deleted").select("model_version").distinct().collect()]
-        written = publish(ctx.spark, {"embeddings": out}, ctx.database, {"run_date": ctx.run_date},
-                          embedding_dim=encoder_dim(ctx.config.encoder))["embeddings"]
+        written = publish(
+            ctx.spark,
+            {"embeddings": out},
+            ctx.database,
+            {"run_date": ctx.run_date},
+            embedding_dim=vector_dim(ctx.config.encoder),
+        )["embeddings"]
     finally:
         out.unpersist()
     deleted = int(stats["deleted"] or 0)
     not_embeddable = int(stats["not_embeddable"] or 0)
     if stats["image_errors"]:
-        log.warning("%d listings had unusable images and were embedded text-only (see image_error)",
-                    stats["image_errors"])
+        log.warning(
+            "%d listings had unusable images and were embedded text-only (see image_error)", stats["image_errors"]
+        )
     return StageResult(
-        rows_in=rows_in, rows_out=written - deleted - not_embeddable, rows_skipped=deleted + not_embeddable,
-        details={"skipped_by_reason": {"is_deleted": deleted, "not_embeddable": not_embeddable}, "with_image": int(stats["with_image"] or 0),
-                 "image_errors": int(stats["image_errors"] or 0), "model_versions": versions,
-                 "tasks": partitions},
+        rows_in=rows_in,
+        rows_out=written - deleted - not_embeddable,
+        rows_skipped=deleted + not_embeddable,
+        details={
+            "skipped_by_reason": {"is_deleted": deleted, "not_embeddable": not_embeddable},
+            "with_image": int(stats["with_image"] or 0),
+            "image_errors": int(stats["image_errors"] or 0),
+            "model_versions": versions,
+            "tasks": partitions,
+        },
     )
 
 
@@ -138,4 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as jobs.embed, not __main__, so Spark pickles this module's functions by reference
+    # and their per-worker caches (models, suites) live as long as the Python worker.
+    from jobs.embed import main as _main
+
+    sys.exit(_main())

@@ -16,11 +16,49 @@ from __future__ import annotations
 import logging
 import sys
 
+import numpy as np
+import pandas as pd
+
+from dedup.cluster import cluster_pairs, make_group_id
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.tables import GROUP_MEMBERS, GROUPS
+from schemas.tables import GROUP_MEMBERS, GROUP_ROWS, GROUPS, empty_frame, to_ddl
 
 log = logging.getLogger(__name__)
 STAGE = "groups"
+
+
+def cluster_supplier_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """applyInPandas body: connected components of one supplier's pairs.
+
+    Args:
+        pairs: one supplier's rows of the ``pairs`` table.
+
+    Returns:
+        Rows of ``GROUP_ROWS``.
+    """
+    if pairs.empty:
+        return empty_frame(GROUP_ROWS)
+    supplier_id = str(pairs["supplier_id"].iloc[0])
+    result = cluster_pairs(
+        pairs["listing_id_l"].to_numpy(),
+        pairs["listing_id_r"].to_numpy(),
+        pairs["similarity_m"].to_numpy(np.float32),
+    )
+    members = result.members.to_pandas()
+    components = result.components.to_pandas().set_index("component")
+    joined = members.join(components, on="component")
+    return pd.DataFrame(
+        {
+            "supplier_id": supplier_id,
+            "group_id": [make_group_id(supplier_id, rep) for rep in joined["representative"]],
+            "listing_id": joined["listing_id"],
+            "size": joined["size"].astype("int64"),
+            "weakest_similarity": joined["weakest_similarity"].astype("float32"),
+            "strongest_similarity": joined["strongest_similarity"].astype("float32"),
+            "representative": joined["representative"],
+        },
+        columns=GROUP_ROWS.names,
+    )
 
 
 def group_pairs(pairs, new_listing_ids, run_date: str):
@@ -32,13 +70,12 @@ def group_pairs(pairs, new_listing_ids, run_date: str):
         run_date: stamped on the output.
 
     Returns:
-        ``(groups, members)`` matching the ``GROUPS`` and ``GROUP_MEMBERS`` contracts.
+        ``(groups, members, rows)``: DataFrames matching the ``GROUPS`` and ``GROUP_MEMBERS``
+        contracts, and the persisted clustering output both read (the caller unpersists it).
     """
     from pyspark.sql import functions as F
 
-    from jobs.executor import GROUP_OUTPUT_DDL, cluster_supplier_pairs
-
-    rows = pairs.groupBy("supplier_id").applyInPandas(cluster_supplier_pairs, schema=GROUP_OUTPUT_DDL)
+    rows = pairs.groupBy("supplier_id").applyInPandas(cluster_supplier_pairs, schema=to_ddl(GROUP_ROWS))
     rows = rows.withColumn("run_date", F.lit(run_date)).persist()
     groups = rows.select(*GROUPS.names).dropDuplicates(["supplier_id", "group_id"])
     flagged = new_listing_ids.distinct().withColumn("is_new", F.lit(True))
@@ -58,8 +95,9 @@ def run(ctx: StageContext) -> StageResult:
 
     ensure_tables(ctx.spark, ctx.database, ["pairs", "embeddings"])
     pairs = ctx.spark.table(f"{ctx.database}.pairs").filter(F.col("run_date") == ctx.run_date)
-    new_ids = ctx.spark.table(f"{ctx.database}.embeddings").filter(
-        F.col("run_date") == ctx.run_date).select("listing_id")
+    new_ids = (
+        ctx.spark.table(f"{ctx.database}.embeddings").filter(F.col("run_date") == ctx.run_date).select("listing_id")
+    )
     rows_in = pairs.count()
     groups, members, rows = group_pairs(pairs, new_ids, ctx.run_date)
     partition = {"run_date": ctx.run_date}
@@ -69,8 +107,9 @@ def run(ctx: StageContext) -> StageResult:
         biggest = groups.agg(F.max("size")).first()[0]
     finally:
         rows.unpersist()
-    return StageResult(rows_in=rows_in, rows_out=n_groups,
-                       details={"groups": n_groups, "members": n_members, "biggest_group": biggest})
+    return StageResult(
+        rows_in=rows_in, rows_out=n_groups, details={"groups": n_groups, "members": n_members, "biggest_group": biggest}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,4 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as jobs.groups, not __main__, so Spark pickles this module's functions by reference
+    # and their per-worker caches (models, suites) live as long as the Python worker.
+    from jobs.groups import main as _main
+
+    sys.exit(_main())

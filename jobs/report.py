@@ -54,28 +54,37 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
 
     db, day = ctx.database, ctx.run_date
     ensure_tables(ctx.spark, db)
-    table = lambda name: ctx.spark.table(f"{db}.{name}")  # noqa: E731
+    table = lambda name: ctx.spark.table(f"{db}.{name}")
     metrics = {
         r["stage"]: {k: _clean(r[k]) for k in ("rows_in", "rows_out", "rows_quarantined", "rows_skipped", "seconds")}
         | {"details": json.loads(r["details"] or "{}")}
         for r in table("run_metrics").filter(F.col("run_date") == day).collect()
     }
-    groups = table("groups").filter(F.col("run_date") == day).orderBy(
-        F.col("size").desc(), F.col("group_id")).limit(MAX_GROUPS_ON_PAGE)
+    groups = (
+        table("groups")
+        .filter(F.col("run_date") == day)
+        .orderBy(F.col("size").desc(), F.col("group_id"))
+        .limit(MAX_GROUPS_ON_PAGE)
+    )
     group_rows = [r.asDict() for r in groups.collect()]
     shown = [g["group_id"] for g in group_rows]
     members = table("group_members").filter((F.col("run_date") == day) & F.col("group_id").isin(shown))
     latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
     attributes = (
-        table("listings").filter(F.col("run_date") <= day)
+        table("listings")
+        .filter(F.col("run_date") <= day)
         .join(members.select("listing_id").distinct(), on="listing_id", how="left_semi")
-        .withColumn("_rank", F.row_number().over(latest)).filter("_rank = 1")
+        .withColumn("_rank", F.row_number().over(latest))
+        .filter("_rank = 1")
         .select("listing_id", "title", "brand", "price", "currency", "image")
     )
     member_rows = members.join(attributes, on="listing_id", how="left").collect()
-    pairs = table("pairs").filter(F.col("run_date") == day).join(
-        members.select(F.col("listing_id").alias("listing_id_l"), "group_id"), on="listing_id_l"
-    ).collect()
+    pairs = (
+        table("pairs")
+        .filter(F.col("run_date") == day)
+        .join(members.select(F.col("listing_id").alias("listing_id_l"), "group_id"), on="listing_id_l")
+        .collect()
+    )
 
     images: dict[str, bytes] = {}
     by_group: dict[str, dict[str, Any]] = {
@@ -85,21 +94,33 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
     for m in sorted(member_rows, key=lambda r: r["listing_id"]):
         if m["image"] is not None:
             images[m["listing_id"]] = bytes(m["image"])
-        by_group[m["group_id"]]["members"].append({
-            "listing_id": m["listing_id"], "title": m["title"], "brand": m["brand"],
-            "price": _clean(m["price"]), "currency": m["currency"], "is_new": m["is_new"],
-            "has_image": m["image"] is not None,
-        })
+        by_group[m["group_id"]]["members"].append(
+            {
+                "listing_id": m["listing_id"],
+                "title": m["title"],
+                "brand": m["brand"],
+                "price": _clean(m["price"]),
+                "currency": m["currency"],
+                "is_new": m["is_new"],
+                "has_image": m["image"] is not None,
+            }
+        )
     for p in sorted(pairs, key=lambda r: (r["listing_id_l"], r["listing_id_r"])):
-        by_group[p["group_id"]]["pairs"].append({
-            "listing_id_l": p["listing_id_l"], "listing_id_r": p["listing_id_r"],
-            **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i")},
-        })
+        by_group[p["group_id"]]["pairs"].append(
+            {
+                "listing_id_l": p["listing_id_l"],
+                "listing_id_r": p["listing_id_r"],
+                **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i")},
+            }
+        )
     report = {
         "run_date": day,
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "warehouse": {"database": db, "warehouse_dir": ctx.config.paths.warehouse_dir,
-                      "tables": [f"{db}.{name}" for name in TABLES]},
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "warehouse": {
+            "database": db,
+            "warehouse_dir": ctx.config.paths.warehouse_dir,
+            "tables": [f"{db}.{name}" for name in TABLES],
+        },
         "metrics": metrics,
         "groups_total": table("groups").filter(F.col("run_date") == day).count(),
         "groups": list(by_group.values()),
@@ -137,19 +158,25 @@ def render_review_page(report: dict[str, Any], images: dict[str, bytes]) -> str:
     Returns:
         A standalone HTML document.
     """
-    e = lambda v: html.escape("" if v is None else str(v), quote=True)  # noqa: E731
+    e = lambda v: html.escape("" if v is None else str(v), quote=True)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Duplicate groups {e(report['run_date'])}</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}.group{margin-bottom:2em}"
-        "img{width:96px;height:96px;object-fit:contain;background:#f4f4f4}.new{color:#06c}</style>",
+        (
+            "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}.group{margin-bottom:2em}"
+            "img{width:96px;height:96px;object-fit:contain;background:#f4f4f4}.new{color:#06c}</style>"
+        ),
         "</head><body>",
         f"<h1>Duplicate groups for {e(report['run_date'])}</h1>",
-        f"<p>{e(report['groups_total'])} groups; showing {len(report['groups'])}. Warehouse database "
-        f"<code>{e(report['warehouse']['database'])}</code>.</p>",
-        "<h2>Run metrics</h2><table><tr><th>stage</th><th>rows in</th><th>rows out</th>"
-        "<th>quarantined</th><th>skipped</th><th>seconds</th></tr>",
+        (
+            f"<p>{e(report['groups_total'])} groups; showing {len(report['groups'])}. Warehouse database "
+            f"<code>{e(report['warehouse']['database'])}</code>.</p>"
+        ),
+        (
+            "<h2>Run metrics</h2><table><tr><th>stage</th><th>rows in</th><th>rows out</th>"
+            "<th>quarantined</th><th>skipped</th><th>seconds</th></tr>"
+        ),
     ]
     for stage, m in report["metrics"].items():
         parts.append(
@@ -220,13 +247,18 @@ def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Pa
 def run(ctx: StageContext) -> StageResult:
     """Builds and publishes the run date's report and review page."""
     report, images = collect_report(ctx)
-    folder = publish_report(ctx.config.paths.reports_dir, ctx.run_date, {
-        "report.json": json.dumps(report, indent=2, ensure_ascii=False),
-        "review.html": render_review_page(report, images),
-    })
+    folder = publish_report(
+        ctx.config.paths.reports_dir,
+        ctx.run_date,
+        {
+            "report.json": json.dumps(report, indent=2, ensure_ascii=False),
+            "review.html": render_review_page(report, images),
+        },
+    )
     log.info("report for %s: %d groups -> %s/review.html", ctx.run_date, report["groups_total"], folder)
-    return StageResult(rows_in=report["groups_total"], rows_out=len(report["groups"]),
-                       details={"report_dir": str(folder)})
+    return StageResult(
+        rows_in=report["groups_total"], rows_out=len(report["groups"]), details={"report_dir": str(folder)}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,4 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as jobs.report, not __main__, so Spark pickles this module's functions by reference
+    # and their per-worker caches (models, suites) live as long as the Python worker.
+    from jobs.report import main as _main
+
+    sys.exit(_main())

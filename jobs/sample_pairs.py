@@ -1,9 +1,10 @@
 """sample_pairs: positive training pairs from click logs, category- and relevance-constrained.
 
-The paper's sampler (PAPER.md): a click from a trigger listing to another listing is a positive
+The paper's sampler (docs/PAPER.md): a click from a trigger listing to another listing is a positive
 pair only when both listings share a category (the first ``sampling.category_level`` levels of
 their category path) and their titles are relevant to each other (zero-shot MiniLM cosine of the
-titles >= ``sampling.min_relevance``). Pairs are deduplicated (one per unordered pair, earliest
+titles >= ``sampling.min_relevance``; the relevance model has its own ``sampling.relevance_*`` keys,
+whatever ``[encoder]`` says). Pairs are deduplicated (one per unordered pair, earliest
 click kept) and capped per trigger (the ``sampling.max_pairs_per_trigger`` most relevant).
 
 Every click is accounted for: read = kept + removed, with the removals counted per reason
@@ -20,15 +21,15 @@ Inputs: click-log Parquet with at least ``trigger_listing_id``, ``clicked_listin
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import sys
 import time
 
-from jobs.config import ConfigError, load_config
-from jobs.errors import DedupError
+from config.command import command_parser, run_command
+from config.errors import DedupError
+from config.sections import SamplingConfig
+from encoder.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ PAIR_COLUMNS = ("trigger_listing_id", "clicked_listing_id", "event_time", "categ
 RELEVANCE_DDL = "pair_key STRING, relevance FLOAT"
 
 
-def title_relevance(batches, encoder_config: dict):
+def title_relevance(batches, encoder_config: EncoderConfig):
     """mapInPandas body: zero-shot cosine similarity of two titles per row.
 
     Args:
         batches: pandas frames with ``pair_key``, ``trigger_title``, ``clicked_title``.
-        encoder_config: ``dataclasses.asdict(EncoderConfig)`` with ``kind="zero-shot"``.
+        encoder_config: the relevance model (``SamplingConfig.relevance_encoder()``).
 
     Yields:
         Frames of ``RELEVANCE_DDL``.
@@ -59,7 +60,7 @@ def title_relevance(batches, encoder_config: dict):
     import numpy as np
     import pandas as pd
 
-    from jobs.executor import get_encoder
+    from jobs.embed import get_encoder
 
     encoder = get_encoder(encoder_config)
     for frame in batches:
@@ -79,8 +80,7 @@ def _category_prefix(column, level: int, separator: str):
     """Spark expression: the first ``level`` levels of a category path, normalised; null if short."""
     from pyspark.sql import functions as F
 
-    parts = F.transform(F.split(F.coalesce(column, F.lit("")), _regex_quote(separator)),
-                        lambda p: F.lower(F.trim(p)))
+    parts = F.transform(F.split(F.coalesce(column, F.lit("")), _regex_quote(separator)), lambda p: F.lower(F.trim(p)))
     parts = F.filter(parts, lambda p: p != "")
     return F.when(F.size(parts) >= level, F.array_join(F.slice(parts, 1, level), " > "))
 
@@ -92,15 +92,13 @@ def _regex_quote(text: str) -> str:
     return re.escape(text)
 
 
-def sample_pairs(clicks, listings, sampling: dict, encoder_config: dict):
+def sample_pairs(clicks, listings, sampling: SamplingConfig):
     """Filters clicks into positive pairs and counts what each constraint removed.
 
     Args:
         clicks: a Spark DataFrame with ``CLICK_COLUMNS``.
         listings: a Spark DataFrame with ``listing_id``, ``title``, ``category``, ``updated_at``.
-        sampling: ``dataclasses.asdict(SamplingConfig)``.
-        encoder_config: ``dataclasses.asdict(EncoderConfig)``; relevance always uses the
-            zero-shot towers (``kind`` is forced to ``"zero-shot"``).
+        sampling: the constraints and the relevance model (``[sampling]``).
 
     Returns:
         ``(pairs, counts)``: a DataFrame of ``PAIR_COLUMNS`` and a dict with ``read``, ``kept``
@@ -113,13 +111,14 @@ def sample_pairs(clicks, listings, sampling: dict, encoder_config: dict):
     from pyspark.sql import functions as F
 
     missing = [c for c in CLICK_COLUMNS if c not in clicks.columns]
-    missing += [f"listings.{c}" for c in ("listing_id", "title", "category", "updated_at")
-                if c not in listings.columns]
+    missing += [f"listings.{c}" for c in ("listing_id", "title", "category", "updated_at") if c not in listings.columns]
     if missing:
-        raise DedupError(f"sample_pairs inputs lack columns {missing}; click logs need "
-                         f"{list(CLICK_COLUMNS)}, listings the listings contract")
+        raise DedupError(
+            f"sample_pairs inputs lack columns {missing}; click logs need "
+            f"{list(CLICK_COLUMNS)}, listings the listings contract"
+        )
     counts: dict[str, int] = {}
-    level, separator = int(sampling["category_level"]), sampling["category_separator"]
+    level, separator = sampling.category_level, sampling.category_separator
 
     frame = clicks.select(*CLICK_COLUMNS).persist()
     counts["read"] = frame.count()
@@ -141,50 +140,71 @@ def sample_pairs(clicks, listings, sampling: dict, encoder_config: dict):
 
     latest = Window.partitionBy("listing_id").orderBy(F.col("updated_at").desc_nulls_last())
     listed = (
-        listings.withColumn("_n", F.row_number().over(latest)).filter("_n = 1")
-        .select("listing_id", "title", _category_prefix(F.col("category"), level, separator)
-                .alias("category_prefix"))
+        listings.withColumn("_n", F.row_number().over(latest))
+        .filter("_n = 1")
+        .select("listing_id", "title", _category_prefix(F.col("category"), level, separator).alias("category_prefix"))
     )
     side = {}
     for name, column in (("trigger", "trigger_listing_id"), ("clicked", "clicked_listing_id")):
         side[name] = listed.select(
-            F.col("listing_id").alias(column), F.col("title").alias(f"{name}_title"),
-            F.col("category_prefix").alias(f"{name}_category"), F.lit(True).alias(f"{name}_known"))
-    joined = (frame.join(side["trigger"], "trigger_listing_id", "left")
-              .join(side["clicked"], "clicked_listing_id", "left").persist())
+            F.col("listing_id").alias(column),
+            F.col("title").alias(f"{name}_title"),
+            F.col("category_prefix").alias(f"{name}_category"),
+            F.lit(True).alias(f"{name}_known"),
+        )
+    joined = (
+        frame.join(side["trigger"], "trigger_listing_id", "left")
+        .join(side["clicked"], "clicked_listing_id", "left")
+        .persist()
+    )
     frame.unpersist()
     frame = keep(F.col("trigger_known") & F.col("clicked_known"), "unknown_listing", joined)
 
-    same_category = (F.lit(True) if level == 0 else
-                     F.col("trigger_category").isNotNull()
-                     & (F.col("trigger_category") == F.col("clicked_category")))
+    same_category = (
+        F.lit(True)
+        if level == 0
+        else F.col("trigger_category").isNotNull() & (F.col("trigger_category") == F.col("clicked_category"))
+    )
     frame = keep(same_category, "category_mismatch", frame)
     has_titles = (F.length(F.trim(F.coalesce("trigger_title", F.lit("")))) > 0) & (
-        F.length(F.trim(F.coalesce("clicked_title", F.lit("")))) > 0)
+        F.length(F.trim(F.coalesce("clicked_title", F.lit("")))) > 0
+    )
     frame = keep(has_titles, "no_title", frame)
 
-    keyed = frame.withColumn("pair_key", F.concat_ws("\u0000", "trigger_listing_id",
-                                                     "clicked_listing_id", F.col("event_time").cast("string"),
-                                                     F.monotonically_increasing_id().cast("string"))).persist()
+    keyed = frame.withColumn(
+        "pair_key",
+        F.concat_ws(
+            "\u0000",
+            "trigger_listing_id",
+            "clicked_listing_id",
+            F.col("event_time").cast("string"),
+            F.monotonically_increasing_id().cast("string"),
+        ),
+    ).persist()
     frame.unpersist()
-    zero_shot = {**encoder_config, "kind": "zero-shot"}
+    relevance_model = sampling.relevance_encoder()
     relevance = keyed.select("pair_key", "trigger_title", "clicked_title").mapInPandas(
-        lambda batches: title_relevance(batches, zero_shot), schema=RELEVANCE_DDL)
+        lambda batches: title_relevance(batches, relevance_model), schema=RELEVANCE_DDL
+    )
     scored = keyed.join(relevance, "pair_key").persist()
     keyed.unpersist()
-    frame = keep(F.col("relevance") >= F.lit(float(sampling["min_relevance"])), "low_relevance", scored)
+    frame = keep(F.col("relevance") >= F.lit(sampling.min_relevance), "low_relevance", scored)
 
     low = F.least("trigger_listing_id", "clicked_listing_id")
     high = F.greatest("trigger_listing_id", "clicked_listing_id")
     first_click = Window.partitionBy(low, high).orderBy("event_time", "trigger_listing_id")
     frame = keep_ranked(first_click, 1, "duplicate", frame)
 
-    best = Window.partitionBy("trigger_listing_id").orderBy(F.col("relevance").desc(),
-                                                            "clicked_listing_id")
-    frame = keep_ranked(best, int(sampling["max_pairs_per_trigger"]), "over_cap", frame)
+    best = Window.partitionBy("trigger_listing_id").orderBy(F.col("relevance").desc(), "clicked_listing_id")
+    frame = keep_ranked(best, sampling.max_pairs_per_trigger, "over_cap", frame)
 
-    pairs = frame.select("trigger_listing_id", "clicked_listing_id", "event_time",
-                         F.col("trigger_category").alias("category"), "relevance")
+    pairs = frame.select(
+        "trigger_listing_id",
+        "clicked_listing_id",
+        "event_time",
+        F.col("trigger_category").alias("category"),
+        "relevance",
+    )
     counts["kept"] = pairs.count()
     removed = sum(counts[r] for r in REMOVAL_REASONS)
     if counts["kept"] + removed != counts["read"]:
@@ -196,49 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: reads clicks and listings, writes the positive pairs, logs the counts.
 
     Returns:
-        0 on success, 2 on a known problem (message logged).
+        0 on success, 2 on a known problem (message logged), 1 on a crash.
     """
-    from jobs.stage import configure_logging
-
-    configure_logging()
-    parser = argparse.ArgumentParser(
-        prog="sample_pairs",
-        description="Positive training pairs from click logs: keep a click (trigger -> clicked) "
-        "when both listings share a category and their titles are relevant (zero-shot MiniLM "
-        "cosine), one per unordered pair, capped per trigger; logs what each constraint removed.",
-    )
+    parser = command_parser("jobs/sample_pairs.py", __doc__)
     parser.add_argument("--clicks", required=True, help="click-log Parquet file or folder")
-    parser.add_argument("--listings", required=True,
-                        help="listings Parquet (listings contract), file or folder")
+    parser.add_argument("--listings", required=True, help="listings Parquet (listings contract), file or folder")
     parser.add_argument("--out", required=True, help="output Parquet folder (replaced)")
-    parser.add_argument("--config", default=None, help="pipeline TOML ([sampling], [encoder])")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        type=lambda kv: tuple(kv.split("=", 1)), metavar="SECTION.KEY=VALUE",
-                        help="override a config key, e.g. --set sampling.min_relevance=0.6")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, dict(args.overrides))
-    except (ConfigError, ValueError) as exc:
-        log.error("sample_pairs: %s", exc)
-        return 2
+    return run_command("sample_pairs", _run, argv, parser, log)
 
-    from jobs.spark import build_spark
+
+def _run(args, config) -> int:
+    from jobs.spark import build_spark, hold_metastore_lock
 
     started = time.monotonic()
+    hold_metastore_lock(config)  # the session opens the warehouse's metastore too
     spark = build_spark(config, "sspr-sample-pairs")
-    try:
-        clicks = spark.read.parquet(args.clicks)
-        listings = spark.read.parquet(args.listings)
-        pairs, counts = sample_pairs(clicks, listings, dataclasses.asdict(config.sampling),
-                                     dataclasses.asdict(config.encoder))
-        pairs.write.mode("overwrite").parquet(args.out)
-    except DedupError as exc:
-        log.error("sample_pairs failed: %s", exc)
-        return 2
-    log.info("sample_pairs: %s in %.1fs -> %s", json.dumps(counts), time.monotonic() - started,
-             args.out)
+    clicks = spark.read.parquet(args.clicks)
+    listings = spark.read.parquet(args.listings)
+    pairs, counts = sample_pairs(clicks, listings, config.sampling)
+    pairs.write.mode("overwrite").parquet(args.out)
+    log.info("sample_pairs: %s in %.1fs -> %s", json.dumps(counts), time.monotonic() - started, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as jobs.sample_pairs, not __main__, so Spark pickles its functions by reference.
+    from jobs.sample_pairs import main as _main
+
+    sys.exit(_main())

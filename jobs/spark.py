@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.config import PipelineConfig
+from config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ def hold_metastore_lock(config: PipelineConfig) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        log.warning("another job is using the embedded metastore in %s; waiting for it to finish "
-                    "(embedded Derby admits one job at a time)", folder)
+        log.warning(
+            "another job is using the embedded metastore in %s; waiting for it to finish "
+            "(embedded Derby admits one job at a time)",
+            folder,
+        )
         started = time.monotonic()
         fcntl.flock(handle, fcntl.LOCK_EX)
         log.info("metastore free after %.1fs of waiting", time.monotonic() - started)
@@ -89,7 +92,7 @@ def spark_conf(config: PipelineConfig) -> dict[str, str]:
         url = config.warehouse.metastore_jdbc_url or (
             f"jdbc:derby:;databaseName={config.paths.metastore_dir}/metastore_db;create=true"
         )
-        # Only the spark.hadoop.-prefixed key reaches the metastore client (STACK.md section 2).
+        # Only the spark.hadoop.-prefixed key reaches the metastore client (docs/STACK.md section 2).
         conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = url
     if config.spark.executor_gpus > 0:
         conf["spark.executor.resource.gpu.amount"] = str(config.spark.executor_gpus)
@@ -135,8 +138,6 @@ def build_spark(config: PipelineConfig, app_name: str):
     if not config.warehouse.metastore_uris and not config.warehouse.metastore_jdbc_url:
         # Derby writes derby.log into its system home; keep it beside the metastore instead of the
         # working directory. The metastore client starts lazily, so this is still in time.
-        spark.sparkContext._jvm.java.lang.System.setProperty(  # noqa: SLF001 (no public API)
-            "derby.system.home", config.paths.metastore_dir
-        )
+        spark.sparkContext._jvm.java.lang.System.setProperty("derby.system.home", config.paths.metastore_dir)
     log.info("spark session %s ready (master %s)", app_name, spark.sparkContext.master)
     return spark

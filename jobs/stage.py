@@ -1,10 +1,10 @@
-"""What every stage shares: the command line, logging, timing, run metrics and the resolved config.
+"""What every Spark stage shares: run date, session, timing, run metrics and the resolved config.
 
-Each ``jobs/<stage>.py`` defines ``run(ctx) -> StageResult`` and ends with
-``sys.exit(main_for(STAGE, run, __doc__))``. ``run_stage`` parses the flags, loads the config,
-builds the SparkSession, times the stage, writes its ``run_metrics`` row and its resolved config
-(``{paths.runs_dir}/run_date=D/<stage>.config.json``), and turns expected failures into one clear
-log line and exit code 2 (unexpected ones keep their traceback, followed by a one-line summary).
+Each ``jobs/<stage>.py`` defines ``run(ctx) -> StageResult`` and a ``main(argv)`` that calls
+``run_stage(STAGE, run, argv, __doc__)``. ``run_stage`` builds on the command skeleton
+(``config.command``: ``--config`` / ``--set``, logging, exit codes) and adds ``--run-date`` and
+``--min-similarity``; it takes the metastore lock, builds the SparkSession, times the stage, writes
+its ``run_metrics`` row and its resolved config (``{paths.runs_dir}/run_date=D/<stage>.config.json``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import datetime as dt
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.config import ConfigError, PipelineConfig, load_config
-from jobs.errors import DedupError
+from config.command import add_shortcut, command_parser, run_command
+from config.sections import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,11 @@ class StageContext:
         return self.config.warehouse.database
 
 
-def configure_logging() -> None:
-    """Sends INFO logs with timestamps to stderr, quietening py4j and other chatty libraries."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    for noisy in ("py4j", "urllib3", "great_expectations", "filelock", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _iso_date(value: str) -> str:
     try:
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from None
-
-
-def _key_value(value: str) -> tuple[str, str]:
-    key, sep, val = value.partition("=")
-    if not sep or "." not in key:
-        raise argparse.ArgumentTypeError(f"{value!r}: use --set section.key=value")
-    return key.strip(), val
 
 
 def build_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
@@ -88,26 +68,23 @@ def build_parser(stage: str, description: str | None) -> argparse.ArgumentParser
         description: the stage module's docstring (shown by ``--help``).
 
     Returns:
-        An ``ArgumentParser`` with ``--run-date``, ``--config``, ``--set`` and ``--min-similarity``.
+        The command parser (``--config``, ``--set``) plus ``--run-date`` and ``--min-similarity``.
     """
-    parser = argparse.ArgumentParser(
-        prog=f"jobs/{stage}.py",
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "Run with spark-submit (spark-submit jobs/%s.py --run-date 2024-03-01 --config "
-            "conf/sspr.toml) or by hand with python. Config precedence: defaults < --config TOML < "
-            "SSPR__SECTION__KEY env vars < --set flags." % stage
-        ),
+    parser = command_parser(
+        f"jobs/{stage}.py",
+        description,
+        epilog=f"Run with spark-submit (spark-submit jobs/{stage}.py --run-date 2024-03-01 --config "
+        "conf/sspr.toml) or by hand with python.",
     )
-    parser.add_argument("--run-date", required=True, type=_iso_date,
-                        help="the run's logical date (YYYY-MM-DD); its partitions are replaced")
-    parser.add_argument("--config", default=None,
-                        help="pipeline TOML config (default: built-in defaults; repo ships conf/sspr.toml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], type=_key_value,
-                        metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
-    parser.add_argument("--min-similarity", default="",
-                        help="shortcut for --set dedup.min_similarity=X; empty = keep the config's")
+    parser.add_argument(
+        "--run-date",
+        required=True,
+        type=_iso_date,
+        help="the run's logical date (YYYY-MM-DD); its partitions are replaced",
+    )
+    add_shortcut(
+        parser, "--min-similarity", "dedup.min_similarity", "the pair threshold for this run; empty = keep the config's"
+    )
     return parser
 
 
@@ -137,13 +114,12 @@ def record_metrics(ctx: StageContext, result: StageResult, seconds: float) -> No
         rows_skipped=int(result.rows_skipped),
         seconds=float(seconds),
         details=json.dumps(result.details, sort_keys=True, default=str),
-        finished_at=dt.datetime.now(dt.timezone.utc),
+        finished_at=dt.datetime.now(dt.UTC),
         run_date=ctx.run_date,
         stage=ctx.stage,
     )
     df = ctx.spark.createDataFrame([row], schema=to_ddl(RUN_METRICS))
-    replace_partition(ctx.spark, df, ctx.database, "run_metrics",
-                      {"run_date": ctx.run_date, "stage": ctx.stage})
+    replace_partition(ctx.spark, df, ctx.database, "run_metrics", {"run_date": ctx.run_date, "stage": ctx.stage})
 
 
 FAIL_ONCE_ENV = "SSPR_FAIL_ONCE"  # "validate,pairs": crash these stages once per run date (drill)
@@ -174,8 +150,10 @@ def fail_once_drill(stage: str, run_date: str) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("failed once on purpose\n")
-    raise RuntimeError(f"fault drill: {stage} fails once for {run_date} after writing its outputs "
-                       f"({FAIL_ONCE_ENV}); the retry must replace them")
+    raise RuntimeError(
+        f"fault drill: {stage} fails once for {run_date} after writing its outputs "
+        f"({FAIL_ONCE_ENV}); the retry must replace them"
+    )
 
 
 def run_stage(
@@ -183,7 +161,6 @@ def run_stage(
     run: Callable[[StageContext], StageResult],
     argv: Sequence[str] | None = None,
     description: str | None = None,
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> int:
     """Parses flags, runs one stage for one run date and records what it did.
 
@@ -192,31 +169,17 @@ def run_stage(
         run: the stage body.
         argv: command-line arguments (``sys.argv[1:]`` when None).
         description: ``--help`` text.
-        add_arguments: adds stage-specific flags to the parser.
 
     Returns:
         The process exit code: 0 success, 2 a known error (message logged), 1 an unexpected one.
     """
-    configure_logging()
-    parser = build_parser(stage, description)
-    if add_arguments:
-        add_arguments(parser)
-    args = parser.parse_args(argv)
-    overrides = dict(args.overrides)
-    if args.min_similarity not in ("", None):
-        overrides["dedup.min_similarity"] = args.min_similarity
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        log.error("%s: %s", stage, exc)
-        return 2
 
-    from jobs.spark import build_spark, hold_metastore_lock
+    def body(args: argparse.Namespace, config: PipelineConfig) -> int:
+        from jobs.spark import build_spark, hold_metastore_lock
 
-    started = time.monotonic()
-    log.info("stage %s starting for run_date %s", stage, args.run_date)
-    hold_metastore_lock(config)  # a second job on the embedded metastore waits here
-    try:
+        started = time.monotonic()
+        log.info("stage %s starting for run_date %s", stage, args.run_date)
+        hold_metastore_lock(config)  # a second job on the embedded metastore waits here
         spark = build_spark(config, f"sspr-{stage}-{args.run_date}")
         ctx = StageContext(stage=stage, run_date=args.run_date, config=config, spark=spark, args=args)
         config_path = write_resolved_config(config, stage, args.run_date)
@@ -224,19 +187,20 @@ def run_stage(
         fail_once_drill(stage, args.run_date)
         seconds = time.monotonic() - started
         record_metrics(ctx, result, seconds)
-    except DedupError as exc:
-        log.error("stage %s failed for run_date %s: %s", stage, args.run_date, exc)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - report, keep the traceback, let Airflow retry
-        log.exception("stage %s crashed for run_date %s", stage, args.run_date)
-        log.error("stage %s failed for run_date %s with %s: %s (traceback above; fix and rerun "
-                  "the same command - the run date's partitions are replaced)",
-                  stage, args.run_date, type(exc).__name__, exc)
-        return 1
-    log.info(
-        "stage %s done for run_date %s in %.1fs: rows_in=%d rows_out=%d quarantined=%d skipped=%d "
-        "details=%s (resolved config: %s)",
-        stage, args.run_date, seconds, result.rows_in, result.rows_out, result.rows_quarantined,
-        result.rows_skipped, json.dumps(result.details, default=str), config_path,
-    )
-    return 0
+        log.info(
+            "stage %s done for run_date %s in %.1fs: rows_in=%d rows_out=%d quarantined=%d skipped=%d "
+            "details=%s (resolved config: %s)",
+            stage,
+            args.run_date,
+            seconds,
+            result.rows_in,
+            result.rows_out,
+            result.rows_quarantined,
+            result.rows_skipped,
+            json.dumps(result.details, default=str),
+            config_path,
+        )
+        return 0
+
+    parser = build_parser(stage, description)
+    return run_command(f"stage {stage}", body, argv, parser, log, context=lambda args: f" for run_date {args.run_date}")

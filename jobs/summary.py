@@ -8,13 +8,13 @@ biggest groups with their titles, and where the warehouse tables and review page
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from jobs.config import ConfigError, load_config
+from config.command import command_parser, run_command
+from config.errors import DedupError
 
 
 def load_reports(reports_dir: str, run_dates: list[str]) -> list[dict[str, Any]]:
@@ -47,7 +47,9 @@ def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
     Returns:
         Multi-line text.
     """
-    header = f"{'run_date':<12}{'read':>7}{'valid':>7}{'quarant.':>9}{'embedded':>9}{'skipped':>8}{'pairs':>7}{'groups':>7}"
+    header = (
+        f"{'run_date':<12}{'read':>7}{'valid':>7}{'quarant.':>9}{'embedded':>9}{'skipped':>8}{'pairs':>7}{'groups':>7}"
+    )
     lines = ["", "sspr-dedup nightly summary", header, "-" * len(header)]
     for r in reports:
         lines.append(
@@ -62,16 +64,20 @@ def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
     groups.sort(key=lambda g: (-g["size"], g["run_date"], g["group_id"]))
     lines += ["", f"biggest groups (of {len(groups)}):"]
     for g in groups[:top]:
-        lines.append(f"  {g['run_date']} {g['supplier_id']} {g['group_id']}: {g['size']} listings, "
-                     f"weakest link {g['weakest_similarity']:.3f}")
+        lines.append(
+            f"  {g['run_date']} {g['supplier_id']} {g['group_id']}: {g['size']} listings, "
+            f"weakest link {g['weakest_similarity']:.3f}"
+        )
         for m in g["members"][:6]:
             title = (m["title"] or "(no title)").replace("\n", " ")
             lines.append(f"      {m['listing_id'][:40]:<40} {title[:70]}")
     p = config.paths
     lines += [
         "",
-        f"warehouse tables: database `{config.warehouse.database}` "
-        f"({', '.join(sorted({t.split('.')[-1] for r in reports[:1] for t in r['warehouse']['tables']}))})",
+        (
+            f"warehouse tables: database `{config.warehouse.database}` "
+            f"({', '.join(sorted({t.split('.')[-1] for r in reports[:1] for t in r['warehouse']['tables']}))})"
+        ),
         f"  data under {p.warehouse_dir}, Derby metastore under {p.metastore_dir}",
         f"review pages: {p.reports_dir}/run_date=<date>/review.html",
         "",
@@ -80,20 +86,19 @@ def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
-    """Prints the summary for the given run dates; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="pipeline TOML config")
+    """Prints the summary for the given run dates to ``out``; returns the exit code."""
+    parser = command_parser("python -m jobs.summary", __doc__)
     parser.add_argument("run_dates", nargs="+", help="run dates (YYYY-MM-DD)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        reports = load_reports(config.paths.reports_dir, args.run_dates)
-    except (ConfigError, FileNotFoundError) as exc:
-        sys.stderr.write(f"summary: {exc}\n")
-        return 2
-    out.write(format_summary(reports, config))
-    return 0
+
+    def body(args, config) -> int:
+        try:
+            reports = load_reports(config.paths.reports_dir, args.run_dates)
+        except FileNotFoundError as exc:
+            raise DedupError(str(exc)) from None
+        out.write(format_summary(reports, config))
+        return 0
+
+    return run_command("summary", body, argv, parser)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.errors import DedupError
+from config.errors import DedupError
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.expectations import DEFAULT_MAX_TITLE_CHARS, TEXT_COLUMNS
+from schemas.expectations import DEFAULT_MAX_TITLE_CHARS, TEXT_COLUMNS, ListingsValidator
 from schemas.tables import (
-    LISTINGS, LISTINGS_REQUIRED_COLUMNS, QUARANTINE, TABLES, VALIDATED_LISTINGS, to_ddl, to_ddl_type,
+    LISTINGS,
+    LISTINGS_REQUIRED_COLUMNS,
+    QUARANTINE,
+    TABLES,
+    VALIDATED_LISTINGS,
+    to_ddl,
+    to_ddl_type,
 )
 
 log = logging.getLogger(__name__)
@@ -93,9 +101,11 @@ def type_problem(actual: pa.DataType, expected: pa.DataType) -> str | None:
         return None
     if pa.types.is_timestamp(expected) and pa.types.is_timestamp(actual):
         if actual.unit == "ns":
-            return ("Spark cannot read nanosecond timestamps; write microseconds (pyarrow: "
-                    "pq.write_table(..., coerce_timestamps='us', allow_truncated_timestamps=True), "
-                    "which pandas.DataFrame.to_parquet passes on)")
+            return (
+                "Spark cannot read nanosecond timestamps; write microseconds (pyarrow: "
+                "pq.write_table(..., coerce_timestamps='us', allow_truncated_timestamps=True), "
+                "which pandas.DataFrame.to_parquet passes on)"
+            )
         return None  # s / ms / us, with or without a time zone (naive values are read as UTC)
     if pa.types.is_string(expected) and (
         pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_string_view(actual)
@@ -144,8 +154,9 @@ def check_file_schemas(files: list[str]) -> list[str]:
                 actual = schema.field(field.name).type
                 hint = type_problem(actual, field.type)
                 if hint:
-                    problems.append(f"{file}: column '{field.name}' is {actual}, the contract says "
-                                    f"{field.type}; {hint}")
+                    problems.append(
+                        f"{file}: column '{field.name}' is {actual}, the contract says {field.type}; {hint}"
+                    )
         extra = sorted(names - set(LISTINGS.names))
         if extra:
             warnings.append(f"{file}: ignoring columns not in the contract: {extra}")
@@ -177,19 +188,53 @@ def read_day(spark, files: list[str]):
     groups: dict[tuple[str, ...], list[str]] = {}
     for file in files:
         schema = pq.read_schema(file)
-        nulls = tuple(f.name for f in LISTINGS if f.name in schema.names
-                      and pa.types.is_null(schema.field(f.name).type))
+        nulls = tuple(
+            f.name for f in LISTINGS if f.name in schema.names and pa.types.is_null(schema.field(f.name).type)
+        )
         groups.setdefault(nulls, []).append(file)
     frame = None
     for nulls, members in sorted(groups.items()):
         present = [name for name in LISTINGS.names if name not in nulls]
-        columns = [F.col(name) if name in present
-                   else F.lit(None).cast(to_ddl_type(LISTINGS.field(name).type)).alias(name)
-                   for name in LISTINGS.names]
-        part = spark.read.schema(to_ddl(LISTINGS, present)).parquet(*members).select(
-            *columns, F.col("_metadata.file_path").alias("source_file"))
+        columns = [
+            F.col(name) if name in present else F.lit(None).cast(to_ddl_type(LISTINGS.field(name).type)).alias(name)
+            for name in LISTINGS.names
+        ]
+        part = (
+            spark.read.schema(to_ddl(LISTINGS, present))
+            .parquet(*members)
+            .select(*columns, F.col("_metadata.file_path").alias("source_file"))
+        )
         frame = part if frame is None else frame.unionByName(part)
     return frame.withColumn("_row_id", F.monotonically_increasing_id())
+
+
+_VALIDATOR: list = []  # this Python worker's GX suite, built on first use
+
+
+def validate_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: runs the GX listings suite on each batch.
+
+    Args:
+        batches: listing rows with ``_row_id``, ``listing_id``, ``supplier_id``, ``title``,
+            ``updated_at``, ``_has_image_bytes``, ``image_uri``.
+
+    Yields:
+        ``_row_id``, ``rule``, ``detail`` for each row that broke a row rule.
+    """
+    if not _VALIDATOR:
+        _VALIDATOR.append(ListingsValidator())
+    validator = _VALIDATOR[0]
+    for batch in batches:
+        frame = batch.set_index("_row_id", drop=True)
+        failed = validator.failed_rules(frame)
+        out = pd.DataFrame(
+            {
+                "_row_id": failed.index.astype("int64"),
+                "rule": failed["rule"].astype(str),
+                "detail": failed["detail"].astype(str),
+            }
+        )
+        yield out
 
 
 VALIDATION_CHUNK_ROWS = 10_000
@@ -201,11 +246,8 @@ VALIDATION_CHUNK_CHARS = 20_000_000
 
 
 def validate_chunks(batches):
-    """mapInPandas body: ``jobs.executor.validate_batches`` on chunks of up to
+    """mapInPandas body: ``validate_batches`` on chunks of up to
     ``VALIDATION_CHUNK_ROWS`` rows or ``VALIDATION_CHUNK_CHARS`` title characters."""
-    import pandas as pd
-
-    from jobs.executor import validate_batches
 
     def chunks():
         pending, rows, chars = [], 0, 0
@@ -232,12 +274,17 @@ def _with_checked_text(frame, max_title_chars: int):
     """
     from pyspark.sql import functions as F
 
-    title_ok = F.lit(True) if max_title_chars == 0 else F.coalesce(
-        F.char_length("title") <= F.lit(max_title_chars), F.lit(True))
+    title_ok = (
+        F.lit(True)
+        if max_title_chars == 0
+        else F.coalesce(F.char_length("title") <= F.lit(max_title_chars), F.lit(True))
+    )
     problem = F.concat_ws(", ", *[F.when(~F.is_valid_utf8(c), F.lit(c)) for c in TEXT_COLUMNS])
-    return (frame.withColumn("_title_within_limit", title_ok)
-            .withColumn("_utf8_problem", problem)
-            .withColumn("_text_valid_utf8", F.col("_utf8_problem") == F.lit("")))
+    return (
+        frame.withColumn("_title_within_limit", title_ok)
+        .withColumn("_utf8_problem", problem)
+        .withColumn("_text_valid_utf8", F.col("_utf8_problem") == F.lit(""))
+    )
 
 
 def _detail(max_title_chars: int):
@@ -247,9 +294,14 @@ def _detail(max_title_chars: int):
     return F.concat_ws(
         "; ",
         F.col("detail"),
-        F.when(~F.col("_title_within_limit"), F.format_string(
-            "title has %d characters, validation.max_title_chars is %d", F.char_length("title"),
-            F.lit(max_title_chars))),
+        F.when(
+            ~F.col("_title_within_limit"),
+            F.format_string(
+                "title has %d characters, validation.max_title_chars is %d",
+                F.char_length("title"),
+                F.lit(max_title_chars),
+            ),
+        ),
         F.when(~F.col("_text_valid_utf8"), F.concat(F.lit("not valid UTF-8: "), F.col("_utf8_problem"))),
     )
 
@@ -266,9 +318,14 @@ def stored_versions(listings, run_date: str):
     """
     from pyspark.sql import functions as F
 
-    return (listings.filter(F.col("run_date") < run_date).groupBy("listing_id")
-            .agg(F.max("updated_at").alias("_stored_updated_at"),
-                 F.max_by("run_date", "updated_at").alias("_stored_run_date")))
+    return (
+        listings.filter(F.col("run_date") < run_date)
+        .groupBy("listing_id")
+        .agg(
+            F.max("updated_at").alias("_stored_updated_at"),
+            F.max_by("run_date", "updated_at").alias("_stored_run_date"),
+        )
+    )
 
 
 def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_CHARS, stored=None):
@@ -292,7 +349,9 @@ def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_C
     checked_columns = checked.select(
         "_row_id",
         *[F.make_valid_utf8(c).alias(c) for c in ("listing_id", "supplier_id", "title", "image_uri")],
-        "updated_at", "_title_within_limit", "_text_valid_utf8",
+        "updated_at",
+        "_title_within_limit",
+        "_text_valid_utf8",
         F.col("image").isNotNull().alias("_has_image_bytes"),
     )
     failed = checked_columns.mapInPandas(validate_chunks, schema="_row_id BIGINT, rule STRING, detail STRING")
@@ -307,24 +366,40 @@ def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_C
     ranked = row_ok.withColumn("_rank", F.row_number().over(latest_first)).withColumn(
         "_winner", F.first("updated_at").over(latest_first)
     )
-    superseded = ranked.filter(F.col("_rank") > 1).withColumn("rule", F.lit("listing_id_unique")).withColumn(
-        "detail", F.concat(F.lit("superseded by a newer row with the same listing_id (updated_at "),
-                           F.col("_winner").cast("string"), F.lit(")"))
+    superseded = (
+        ranked.filter(F.col("_rank") > 1)
+        .withColumn("rule", F.lit("listing_id_unique"))
+        .withColumn(
+            "detail",
+            F.concat(
+                F.lit("superseded by a newer row with the same listing_id (updated_at "),
+                F.col("_winner").cast("string"),
+                F.lit(")"),
+            ),
+        )
     )
     winners = ranked.filter(F.col("_rank") == 1)
     stale = None
     if stored is not None:
         winners = winners.join(stored, on="listing_id", how="left")
         older = F.coalesce(F.col("updated_at") < F.col("_stored_updated_at"), F.lit(False))
-        stale = winners.filter(older).withColumn("rule", F.lit("stale_update")).withColumn(
-            "detail", F.concat(F.lit("older than the stored version of run_date "),
-                               F.col("_stored_run_date"), F.lit(" (updated_at "),
-                               F.col("_stored_updated_at").cast("string"),
-                               F.lit("); a late replay never replaces a newer version")))
+        stale = (
+            winners.filter(older)
+            .withColumn("rule", F.lit("stale_update"))
+            .withColumn(
+                "detail",
+                F.concat(
+                    F.lit("older than the stored version of run_date "),
+                    F.col("_stored_run_date"),
+                    F.lit(" (updated_at "),
+                    F.col("_stored_updated_at").cast("string"),
+                    F.lit("); a late replay never replaces a newer version"),
+                ),
+            )
+        )
         winners = winners.filter(~older)
     valid = (
-        winners
-        .withColumn("is_deleted", F.coalesce(F.col("is_deleted"), F.lit(False)))
+        winners.withColumn("is_deleted", F.coalesce(F.col("is_deleted"), F.lit(False)))
         .withColumn("run_date", F.lit(run_date))
         .select(*VALIDATED_LISTINGS.names)
     )
@@ -335,8 +410,12 @@ def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_C
     quarantine = (
         row_bad.select(*TABLES["quarantine"].data_columns)
         .unionByName(rejected)
-        .select(*[F.make_valid_utf8(c).alias(c) if c in ("listing_id", "supplier_id", "title") else c
-                  for c in TABLES["quarantine"].data_columns])
+        .select(
+            *[
+                F.make_valid_utf8(c).alias(c) if c in ("listing_id", "supplier_id", "title") else c
+                for c in TABLES["quarantine"].data_columns
+            ]
+        )
         .withColumn("run_date", F.lit(run_date))
     )
     return valid, quarantine, joined
@@ -344,23 +423,26 @@ def split_valid(frame, run_date: str, max_title_chars: int = DEFAULT_MAX_TITLE_C
 
 def _empty_day(ctx: StageContext, message: str, files: int) -> StageResult:
     """Writes empty partitions for a day without rows, or fails when configured to."""
-    from jobs.warehouse import replace_partition
+    from jobs.warehouse import publish
 
     if ctx.config.validation.fail_on_empty_day:
-        raise DedupError(message + " (validation.fail_on_empty_day is true; set it to false to "
-                         "let a day without listings pass with zero rows)")
+        raise DedupError(
+            message + " (validation.fail_on_empty_day is true; set it to false to "
+            "let a day without listings pass with zero rows)"
+        )
     log.warning("%s: the run goes on with zero rows", message)
     partition = {"run_date": ctx.run_date}
-    replace_partition(ctx.spark, ctx.spark.createDataFrame([], schema=to_ddl(VALIDATED_LISTINGS)),
-                      ctx.database, "listings", partition)
-    replace_partition(ctx.spark, ctx.spark.createDataFrame([], schema=to_ddl(QUARANTINE)),
-                      ctx.database, "quarantine", partition)
+    empty = {
+        "quarantine": ctx.spark.createDataFrame([], schema=to_ddl(QUARANTINE)),
+        "listings": ctx.spark.createDataFrame([], schema=to_ddl(VALIDATED_LISTINGS)),
+    }
+    publish(ctx.spark, empty, ctx.database, partition)
     return StageResult(0, 0, details={"files": files, "empty_day": True, "message": message})
 
 
 def run(ctx: StageContext) -> StageResult:
     """Validates the run date's listings and writes `listings` and `quarantine`."""
-    from jobs.warehouse import ensure_tables, replace_partition
+    from jobs.warehouse import ensure_tables, publish
 
     day = f"{ctx.config.paths.listings_root}/dt={ctx.run_date}"
     files = list_day_files(ctx.config.paths.listings_root, ctx.run_date)
@@ -370,8 +452,11 @@ def run(ctx: StageContext) -> StageResult:
     for warning in check_file_schemas(files):
         log.warning(warning)
     if count_rows(files) == 0:
-        return _empty_day(ctx, f"no listings for {ctx.run_date}: the {len(files)} Parquet file(s) "
-                               f"under {day} hold zero rows", len(files))
+        return _empty_day(
+            ctx,
+            f"no listings for {ctx.run_date}: the {len(files)} Parquet file(s) under {day} hold zero rows",
+            len(files),
+        )
 
     max_title_chars = ctx.config.validation.max_title_chars
     frame = read_day(ctx.spark, files).persist()
@@ -381,9 +466,10 @@ def run(ctx: StageContext) -> StageResult:
         ensure_tables(ctx.spark, ctx.database, ["listings"])
         stored = stored_versions(ctx.spark.table(f"{ctx.database}.listings"), ctx.run_date)
         valid, quarantine, cached = split_valid(frame, ctx.run_date, max_title_chars, stored)
-        written_quarantine = replace_partition(ctx.spark, quarantine, ctx.database, "quarantine", partition)
+        # Both tables are checked, then written together: a failed check leaves both as they were.
+        written = publish(ctx.spark, {"quarantine": quarantine, "listings": valid}, ctx.database, partition)
+        written_quarantine, written_valid = written["quarantine"], written["listings"]
         by_rule = {r["rule"]: r["count"] for r in quarantine.groupBy("rule").count().collect()}
-        written_valid = replace_partition(ctx.spark, valid, ctx.database, "listings", partition)
         cached.unpersist()
     finally:
         frame.unpersist()
@@ -394,8 +480,12 @@ def run(ctx: StageContext) -> StageResult:
         )
     for rule, count in sorted(by_rule.items()):
         log.warning("quarantined %d rows: %s", count, rule)
-    return StageResult(rows_in, written_valid, rows_quarantined=written_quarantine,
-                       details={"files": len(files), "quarantined_by_rule": by_rule})
+    return StageResult(
+        rows_in,
+        written_valid,
+        rows_quarantined=written_quarantine,
+        details={"files": len(files), "quarantined_by_rule": by_rule},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,4 +494,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as jobs.validate, not __main__, so Spark pickles this module's functions by reference
+    # and their per-worker caches (models, suites) live as long as the Python worker.
+    from jobs.validate import main as _main
+
+    sys.exit(_main())

@@ -18,11 +18,10 @@ exits 2 and the previous partitions stay as they were.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.errors import DedupError
+from config.errors import DedupError
 from schemas.tables import TABLES, TableSpec, to_ddl
 
 log = logging.getLogger(__name__)
@@ -79,9 +78,7 @@ def check_schema(df, spec: TableSpec) -> None:
     problems = [f"missing column {n}" for n in expected if n not in actual]
     problems += [f"unexpected column {n}" for n in actual if n not in expected]
     problems += [
-        f"column {n} is {actual[n]}, contract says {t}"
-        for n, t in expected.items()
-        if n in actual and actual[n] != t
+        f"column {n} is {actual[n]}, contract says {t}" for n, t in expected.items() if n in actual and actual[n] != t
     ]
     if problems:
         raise DedupError(f"output for table {spec.name} breaks its contract: " + "; ".join(problems))
@@ -113,8 +110,7 @@ def replace_partition(spark, df, database: str, table: str, partition: dict[str,
     ordered = ordered.persist()
     try:
         inside = F.expr(" AND ".join(f"`{k}` <=> '{v}'" for k, v in partition.items()))
-        counts = ordered.agg(F.count(F.lit(1)).alias("rows"),
-                             F.sum((~inside).cast("long")).alias("outside")).first()
+        counts = ordered.agg(F.count(F.lit(1)).alias("rows"), F.sum((~inside).cast("long")).alias("outside")).first()
         if counts["outside"]:
             raise DedupError(f"{counts['outside']} rows for table {table} fall outside partition {partition}")
         rows = int(counts["rows"])
@@ -147,7 +143,7 @@ def with_pair_suppliers(pairs, listing_suppliers):
 
     lookup = listing_suppliers.select("listing_id", "supplier_id")
     out = pairs
-    for side, helper in zip(("listing_id_l", "listing_id_r"), PAIR_SUPPLIER_COLUMNS):
+    for side, helper in zip(("listing_id_l", "listing_id_r"), PAIR_SUPPLIER_COLUMNS, strict=True):
         # Fresh aliases: pairs and the lookup often descend from the same table.
         side_lookup = lookup.select(F.col("listing_id").alias(side), F.col("supplier_id").alias(helper))
         out = out.join(side_lookup, on=side, how="left")
@@ -225,7 +221,8 @@ def publish(
     if failures:
         raise DedupError(
             f"output checks failed, nothing was written for {partition} (the previous partitions are "
-            "unchanged): " + " | ".join(r.describe() for r in failures)
+            "unchanged): "
+            + " | ".join(r.describe() for r in failures)
             + ". Fix the stage's input or code and rerun the stage for this date."
         )
     return {table: replace_partition(spark, df, database, table, partition) for table, df in outputs.items()}

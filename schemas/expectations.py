@@ -51,7 +51,14 @@ DEFAULT_MAX_TITLE_CHARS = 1000
 (same default, a test checks it) is what the validate stage uses."""
 
 TEXT_COLUMNS: tuple[str, ...] = (
-    "listing_id", "supplier_id", "title", "description", "category", "brand", "currency", "image_uri",
+    "listing_id",
+    "supplier_id",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "currency",
+    "image_uri",
 )
 """The string columns of the listings contract; ``text_valid_utf8`` checks each of them."""
 
@@ -137,7 +144,8 @@ def add_helper_columns(frame: pd.DataFrame, max_title_chars: int = DEFAULT_MAX_T
                 ok = out[column].map(_encodes_as_utf8).astype(bool)
                 if not ok.all():  # GX hashes the batch, which fails on such strings: repair them
                     out.loc[~ok, column] = out.loc[~ok, column].map(
-                        lambda v: v.encode("utf-8", "replace").decode("utf-8"))
+                        lambda v: v.encode("utf-8", "replace").decode("utf-8")
+                    )
                 valid &= ok
         out["_text_valid_utf8"] = valid
     return out
@@ -304,28 +312,46 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
     if table == "embeddings":
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 1:
             raise ValueError(f"the embeddings suite needs the encoder's vector width, got {embedding_dim!r}")
-        wrong_size = " OR ".join(f"({c} IS NOT NULL AND size({c}) <> {embedding_dim})"
-                                 for c in ("emb_m", "emb_t", "emb_i"))
+        wrong_size = " OR ".join(
+            f"({c} IS NOT NULL AND size({c}) <> {embedding_dim})" for c in ("emb_m", "emb_t", "emb_i")
+        )
         off_norm = " OR ".join(
             f"({c} IS NOT NULL AND NOT abs({_norm_sql(c)} - {expected}) <= {UNIT_NORM_TOLERANCE!r})"
-            for c, expected in (("emb_m", "1"), ("emb_t", "IF(has_text, 1, 0)"),
-                                ("emb_i", "IF(has_image, 1, 0)"))
+            for c, expected in (("emb_m", "1"), ("emb_t", "IF(has_text, 1, 0)"), ("emb_i", "IF(has_image, 1, 0)"))
         )
         expectations += [
-            ("embedding_dimension", rows(unexpected_rows_query=(
-                "SELECT listing_id, size(emb_m) AS size_m, size(emb_t) AS size_t, size(emb_i) AS size_i "
-                f"FROM {{batch}} WHERE {wrong_size}"))),
-            ("embedding_unit_norm", rows(unexpected_rows_query=(
-                f"SELECT listing_id, round({_norm_sql('emb_m')}, 6) AS norm_m, "
-                f"round({_norm_sql('emb_t')}, 6) AS norm_t, round({_norm_sql('emb_i')}, 6) AS norm_i "
-                f"FROM {{batch}} WHERE {off_norm}"))),
+            (
+                "embedding_dimension",
+                rows(
+                    unexpected_rows_query=(
+                        "SELECT listing_id, size(emb_m) AS size_m, size(emb_t) AS size_t, size(emb_i) AS size_i "
+                        f"FROM {{batch}} WHERE {wrong_size}"
+                    )
+                ),
+            ),
+            (
+                "embedding_unit_norm",
+                rows(
+                    unexpected_rows_query=(
+                        f"SELECT listing_id, round({_norm_sql('emb_m')}, 6) AS norm_m, "
+                        f"round({_norm_sql('emb_t')}, 6) AS norm_t, round({_norm_sql('emb_i')}, 6) AS norm_i "
+                        f"FROM {{batch}} WHERE {off_norm}"
+                    )
+                ),
+            ),
         ]
     elif table == "pairs":
         left, right = PAIR_SUPPLIER_COLUMNS
         expectations += [
-            ("pair_within_one_supplier", rows(unexpected_rows_query=(
-                f"SELECT supplier_id, listing_id_l, listing_id_r, {left}, {right} FROM {{batch}} "
-                f"WHERE NOT ({left} <=> supplier_id AND {right} <=> supplier_id)"))),
+            (
+                "pair_within_one_supplier",
+                rows(
+                    unexpected_rows_query=(
+                        f"SELECT supplier_id, listing_id_l, listing_id_r, {left}, {right} FROM {{batch}} "
+                        f"WHERE NOT ({left} <=> supplier_id AND {right} <=> supplier_id)"
+                    )
+                ),
+            ),
             ("pair_similarity_in_range", e.ExpectColumnValuesToNotBeNull(column="similarity_m")),
         ]
         expectations += [
@@ -336,11 +362,19 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
         expectations.append(("group_has_two_members", e.ExpectColumnValuesToBeBetween(column="size", min_value=2)))
     else:  # group_members
         expectations += [
-            ("group_has_two_members", rows(unexpected_rows_query=(
-                "SELECT supplier_id, group_id, count(*) AS members FROM {batch} "
-                "GROUP BY supplier_id, group_id HAVING count(*) < 2"))),
-            ("group_member_unique", e.ExpectCompoundColumnsToBeUnique(
-                column_list=["run_date", "supplier_id", "listing_id"])),
+            (
+                "group_has_two_members",
+                rows(
+                    unexpected_rows_query=(
+                        "SELECT supplier_id, group_id, count(*) AS members FROM {batch} "
+                        "GROUP BY supplier_id, group_id HAVING count(*) < 2"
+                    )
+                ),
+            ),
+            (
+                "group_member_unique",
+                e.ExpectCompoundColumnsToBeUnique(column_list=["run_date", "supplier_id", "listing_id"]),
+            ),
         ]
     for rule, expectation in expectations:
         expectation.meta = {"rule": rule}
@@ -389,8 +423,11 @@ class OutputValidator:
         batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
         formats = {
             "rows": {"result_format": "COMPLETE"},
-            "columns": {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES_PER_RULE,
-                        "unexpected_index_column_names": list(OUTPUT_ID_COLUMNS[table])},
+            "columns": {
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": EXAMPLES_PER_RULE,
+                "unexpected_index_column_names": list(OUTPUT_ID_COLUMNS[table]),
+            },
         }
         definitions = []
         for kind, members in (("rows", query_rules), ("columns", column_rules)):
@@ -398,7 +435,8 @@ class OutputValidator:
                 continue
             part = self._context.suites.add(gx.ExpectationSuite(name=f"{name}_{kind}", expectations=members))
             definition = self._context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"{name}_{kind}", data=batch, suite=part))
+                gx.ValidationDefinition(name=f"{name}_{kind}", data=batch, suite=part)
+            )
             definitions.append((definition, formats[kind]))
         self._definitions[key] = definitions
         return definitions
@@ -426,8 +464,9 @@ class OutputValidator:
             for res in result.results:
                 rule = res.expectation_config.meta["rule"]
                 if res.exception_info and res.exception_info.get("raised_exception"):
-                    raise RuntimeError(f"GX output check {rule} on table {table} raised: "
-                                       f"{res.exception_info.get('exception_message')}")
+                    raise RuntimeError(
+                        f"GX output check {rule} on table {table} raised: {res.exception_info.get('exception_message')}"
+                    )
                 if res.success:
                     continue
                 failed.add(rule)
@@ -439,10 +478,18 @@ class OutputValidator:
                     rows = res.result.get("partial_unexpected_index_list") or []
                 examples[rule] += [_example(row) for row in rows]
         results = [
-            RuleResult(table=table, rule=rule, success=rule not in failed, unexpected_count=counts[rule],
-                       examples=tuple(examples[rule][:EXAMPLES_PER_RULE]))
+            RuleResult(
+                table=table,
+                rule=rule,
+                success=rule not in failed,
+                unexpected_count=counts[rule],
+                examples=tuple(examples[rule][:EXAMPLES_PER_RULE]),
+            )
             for rule in OUTPUT_RULES[table]
         ]
-        log.info("output checks on %s: %s", table,
-                 ", ".join(f"{r.rule}={'ok' if r.success else r.unexpected_count}" for r in results))
+        log.info(
+            "output checks on %s: %s",
+            table,
+            ", ".join(f"{r.rule}={'ok' if r.success else r.unexpected_count}" for r in results),
+        )
         return results

@@ -1,6 +1,6 @@
 """Pyarrow schemas of every table the pipeline reads or writes: the contracts between stages.
 
-The listings input contract is ``LISTINGS`` (ARCHITECTURE.md, "Input contract"). Every warehouse table
+The listings input contract is ``LISTINGS`` (docs/ARCHITECTURE.md, "Input contract"). Every warehouse table
 is listed in ``TABLES`` with its partition columns; ``jobs/`` create the Hive tables from these
 schemas and check every DataFrame against them before writing, so a stage can never publish a table
 that drifted from its contract.
@@ -142,6 +142,21 @@ rows_in = rows_out + rows_skipped (deleted listings are skipped with reason ``is
 """
 
 
+PAIR_SEARCH_ROWS = pa.schema([pa.field("kind", pa.string()), *(f for f in PAIRS if f.name != "run_date")])
+"""What the pairs stage's per-(supplier, block) search returns: ``kind`` is "pair", or
+"saturated" for a query cut by the per-query budget (its id in ``listing_id_l``, the rest null)."""
+
+GROUP_ROWS = pa.schema(
+    [
+        GROUPS.field("supplier_id"),
+        GROUPS.field("group_id"),
+        GROUP_MEMBERS.field("listing_id"),
+        *(GROUPS.field(name) for name in ("size", "weakest_similarity", "strongest_similarity", "representative")),
+    ]
+)
+"""What the groups stage's per-supplier clustering returns: one row per member, with its group."""
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A warehouse table: its name in the ``dedup`` database, schema and partition columns."""
@@ -214,3 +229,12 @@ def to_ddl(schema: pa.Schema, columns: list[str] | None = None) -> str:
     """
     names = columns if columns is not None else schema.names
     return ", ".join(f"`{name}` {to_ddl_type(schema.field(name).type)}" for name in names)
+
+
+def empty_frame(schema: pa.Schema):
+    """Returns a zero-row pandas DataFrame with the schema's columns and dtypes.
+
+    An untyped ``pd.DataFrame(columns=...)`` (all ``object``) fails Spark's Arrow conversion of
+    grouped-map output for numeric columns, so empty results must carry real dtypes.
+    """
+    return schema.empty_table().to_pandas()

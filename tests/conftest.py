@@ -30,7 +30,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 @pytest.fixture(scope="session")
 def pipeline_config(tmp_path_factory):
     """A PipelineConfig whose warehouse, metastore, reports and runs live in a temp dir."""
-    from jobs.config import load_config
+    from config import load_config
 
     root = tmp_path_factory.mktemp("sspr")
     overrides = {

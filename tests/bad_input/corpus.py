@@ -51,7 +51,7 @@ from PIL import Image
 
 from schemas.tables import LISTINGS
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SUPPLIER = "s-corpus"
 SEED = 20310101
 
@@ -108,12 +108,24 @@ def _at(day: str, hour: int = 1) -> dt.datetime:
     return dt.datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
 
 
-def _row(listing_id: str | None, day: str = ROWS_DAY, *, title: str | None = "plain title",
-         supplier_id: str | None = SUPPLIER, hour: int = 1, updated_at: Any = "default",
-         **extra: Any) -> dict[str, Any]:
+def _row(
+    listing_id: str | None,
+    day: str = ROWS_DAY,
+    *,
+    title: str | None = "plain title",
+    supplier_id: str | None = SUPPLIER,
+    hour: int = 1,
+    updated_at: Any = "default",
+    **extra: Any,
+) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in LISTINGS.names}
-    row.update(listing_id=listing_id, supplier_id=supplier_id, title=title,
-               updated_at=_at(day, hour) if updated_at == "default" else updated_at, is_deleted=False)
+    row.update(
+        listing_id=listing_id,
+        supplier_id=supplier_id,
+        title=title,
+        updated_at=_at(day, hour) if updated_at == "default" else updated_at,
+        is_deleted=False,
+    )
     row.update(extra)
     return row
 
@@ -123,8 +135,7 @@ def _write(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path)
 
 
-def _listings_table(rows: list[dict[str, Any]],
-                    raw_strings: dict[tuple[int, str], bytes] | None = None) -> pa.Table:
+def _listings_table(rows: list[dict[str, Any]], raw_strings: dict[tuple[int, str], bytes] | None = None) -> pa.Table:
     """Rows in the contract's schema; ``raw_strings`` puts bytes that are not UTF-8 into string cells."""
     table = pa.Table.from_pylist(rows, schema=LISTINGS)
     for column in sorted({c for _, c in raw_strings or {}}):
@@ -141,8 +152,10 @@ def _listings_table(rows: list[dict[str, Any]],
 # --------------------------------------------------------------------------- images
 def _gradient(width: int, height: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-                     (x + y) * 255 // max(width + height - 2, 1)], axis=-1).astype(np.uint8)  # [h, w, 3]
+    return np.stack(
+        [x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 255 // max(width + height - 2, 1)],
+        axis=-1,
+    ).astype(np.uint8)  # [h, w, 3]
 
 
 def _save(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
@@ -207,107 +220,205 @@ def _rows_day(root: Path, cases: list[dict[str, Any]]) -> None:
     def add(case: str, expect: dict[str, Any], *case_rows: dict[str, Any]) -> None:
         rows.extend(case_rows)
         first = case_rows[0]
-        cases.append({"case": case, "day": ROWS_DAY, "listing_id": first["listing_id"],
-                      "title": first["title"], **expect})
+        cases.append(
+            {"case": case, "day": ROWS_DAY, "listing_id": first["listing_id"], "title": first["title"], **expect}
+        )
 
     embedded_text = {"expect": "embedded", "has_text": True, "has_image": False, "image_error": None}
     add("ok_plain", embedded_text, _row("ok_plain", title="Stainless steel water bottle 750ml"))
 
     # ids, suppliers, timestamps
-    add("listing_id_null", {"expect": "quarantine", "rule": "listing_id_not_null"},
-        _row(None, title="case listing_id_null"))
-    add("listing_id_blank", {"expect": "quarantine", "rule": "listing_id_not_blank"},
-        _row(" \t ", title="case listing_id_blank"))
-    add("supplier_id_null", {"expect": "quarantine", "rule": "supplier_id_not_null"},
-        _row("supplier_id_null", supplier_id=None))
-    add("supplier_id_blank", {"expect": "quarantine", "rule": "supplier_id_not_blank"},
-        _row("supplier_id_blank", supplier_id="\u3000 "))
-    add("updated_at_null", {"expect": "quarantine", "rule": "updated_at_not_null"},
-        _row("updated_at_null", updated_at=None))
+    add(
+        "listing_id_null",
+        {"expect": "quarantine", "rule": "listing_id_not_null"},
+        _row(None, title="case listing_id_null"),
+    )
+    add(
+        "listing_id_blank",
+        {"expect": "quarantine", "rule": "listing_id_not_blank"},
+        _row(" \t ", title="case listing_id_blank"),
+    )
+    add(
+        "supplier_id_null",
+        {"expect": "quarantine", "rule": "supplier_id_not_null"},
+        _row("supplier_id_null", supplier_id=None),
+    )
+    add(
+        "supplier_id_blank",
+        {"expect": "quarantine", "rule": "supplier_id_not_blank"},
+        _row("supplier_id_blank", supplier_id="\u3000 "),
+    )
+    add(
+        "updated_at_null",
+        {"expect": "quarantine", "rule": "updated_at_not_null"},
+        _row("updated_at_null", updated_at=None),
+    )
 
     # titles
-    add("title_null_no_image", {"expect": "quarantine", "rule": "title_or_image_present"},
-        _row("title_null_no_image", title=None))
-    add("title_empty_no_image", {"expect": "quarantine", "rule": "title_or_image_present"},
-        _row("title_empty_no_image", title=""))
-    add("title_whitespace_only", {"expect": "quarantine", "rule": "title_or_image_present"},
-        _row("title_whitespace_only", title=_WHITESPACE_ONLY))
-    add("title_invisible_only", {"expect": "quarantine", "rule": "title_or_image_present"},
-        _row("title_invisible_only", title=_INVISIBLE_ONLY))
-    add("title_50000_chars", {"expect": "quarantine", "rule": "title_too_long", "detail": (
-        f"title has 50000 characters, validation.max_title_chars is {MAX_TITLE_CHARS}")},
-        _row("title_50000_chars", title=("Phone case with stand " * 2273)[:50_000]))
-    add("title_over_limit", {"expect": "quarantine", "rule": "title_too_long",
-                             "detail": f"title has {MAX_TITLE_CHARS + 1} characters"},
-        _row("title_over_limit", title="é" * (MAX_TITLE_CHARS + 1)))
+    add(
+        "title_null_no_image",
+        {"expect": "quarantine", "rule": "title_or_image_present"},
+        _row("title_null_no_image", title=None),
+    )
+    add(
+        "title_empty_no_image",
+        {"expect": "quarantine", "rule": "title_or_image_present"},
+        _row("title_empty_no_image", title=""),
+    )
+    add(
+        "title_whitespace_only",
+        {"expect": "quarantine", "rule": "title_or_image_present"},
+        _row("title_whitespace_only", title=_WHITESPACE_ONLY),
+    )
+    add(
+        "title_invisible_only",
+        {"expect": "quarantine", "rule": "title_or_image_present"},
+        _row("title_invisible_only", title=_INVISIBLE_ONLY),
+    )
+    add(
+        "title_50000_chars",
+        {
+            "expect": "quarantine",
+            "rule": "title_too_long",
+            "detail": (f"title has 50000 characters, validation.max_title_chars is {MAX_TITLE_CHARS}"),
+        },
+        _row("title_50000_chars", title=("Phone case with stand " * 2273)[:50_000]),
+    )
+    add(
+        "title_over_limit",
+        {"expect": "quarantine", "rule": "title_too_long", "detail": f"title has {MAX_TITLE_CHARS + 1} characters"},
+        _row("title_over_limit", title="é" * (MAX_TITLE_CHARS + 1)),
+    )
     add("title_at_limit", embedded_text, _row("title_at_limit", title="é" * MAX_TITLE_CHARS))
-    add("title_50000_whitespace_with_image", {"expect": "quarantine", "rule": "title_too_long"},
-        _row("title_50000_whitespace_with_image", title=" " * 50_000, image=_jpeg()))
-    add("title_null_with_image", {"expect": "embedded", "has_text": False, "has_image": True, "image_error": None},
-        _row("title_null_with_image", title=None, image=_jpeg()))
-    add("title_whitespace_with_image", {"expect": "embedded", "has_text": False, "has_image": True,
-                                        "image_error": None},
-        _row("title_whitespace_with_image", title=_WHITESPACE_ONLY, image=_png()))
+    add(
+        "title_50000_whitespace_with_image",
+        {"expect": "quarantine", "rule": "title_too_long"},
+        _row("title_50000_whitespace_with_image", title=" " * 50_000, image=_jpeg()),
+    )
+    add(
+        "title_null_with_image",
+        {"expect": "embedded", "has_text": False, "has_image": True, "image_error": None},
+        _row("title_null_with_image", title=None, image=_jpeg()),
+    )
+    add(
+        "title_whitespace_with_image",
+        {"expect": "embedded", "has_text": False, "has_image": True, "image_error": None},
+        _row("title_whitespace_with_image", title=_WHITESPACE_ONLY, image=_png()),
+    )
     for name, title in SCRIPT_TITLES.items():
         add(f"title_script_{name}", embedded_text, _row(f"title_script_{name}", title=title))
 
     # strings that are not UTF-8 (a writer that does not validate): found in Spark, never decoded
     index = len(rows)
-    add("title_not_utf8", {"expect": "quarantine", "rule": "text_valid_utf8", "detail": "not valid UTF-8: title"},
-        _row("title_not_utf8", title="placeholder"))
+    add(
+        "title_not_utf8",
+        {"expect": "quarantine", "rule": "text_valid_utf8", "detail": "not valid UTF-8: title"},
+        _row("title_not_utf8", title="placeholder"),
+    )
     raw_strings[(index, "title")] = b"Caf\xe9 cr\xe8me mug \xff\xfe"  # Latin-1 bytes, not UTF-8
     index = len(rows)
-    add("brand_not_utf8", {"expect": "quarantine", "rule": "text_valid_utf8", "detail": "not valid UTF-8: brand"},
-        _row("brand_not_utf8", title="Good title", brand="placeholder"))
+    add(
+        "brand_not_utf8",
+        {"expect": "quarantine", "rule": "text_valid_utf8", "detail": "not valid UTF-8: brand"},
+        _row("brand_not_utf8", title="Good title", brand="placeholder"),
+    )
     raw_strings[(index, "brand")] = b"\xc3\x28 brand"  # an invalid 2-byte sequence
 
     # duplicates within the day
-    add("dup_within_day", {"expect": "quarantine", "rule": "listing_id_unique", "count": 2, "kept_price": 3.0,
-                           "detail": "superseded by a newer row"},
-        _row("dup_within_day", hour=1, price=1.0), _row("dup_within_day", hour=3, price=3.0),
-        _row("dup_within_day", hour=2, price=2.0))
-    add("dup_latest_row_broken", {"expect": "quarantine", "rule": "supplier_id_not_null", "kept_price": 1.0},
+    add(
+        "dup_within_day",
+        {
+            "expect": "quarantine",
+            "rule": "listing_id_unique",
+            "count": 2,
+            "kept_price": 3.0,
+            "detail": "superseded by a newer row",
+        },
+        _row("dup_within_day", hour=1, price=1.0),
+        _row("dup_within_day", hour=3, price=3.0),
+        _row("dup_within_day", hour=2, price=2.0),
+    )
+    add(
+        "dup_latest_row_broken",
+        {"expect": "quarantine", "rule": "supplier_id_not_null", "kept_price": 1.0},
         _row("dup_latest_row_broken", hour=1, price=1.0),
-        _row("dup_latest_row_broken", hour=5, price=5.0, supplier_id=None))
+        _row("dup_latest_row_broken", hour=5, price=5.0, supplier_id=None),
+    )
     # dup_tie_later_file_wins: this row and one in part-00004 share updated_at; the later file wins
-    add("dup_tie_later_file_wins", {"expect": "quarantine", "rule": "listing_id_unique", "kept_price": 4.0},
-        _row("dup_tie_later_file_wins", hour=2, price=0.5))
+    add(
+        "dup_tie_later_file_wins",
+        {"expect": "quarantine", "rule": "listing_id_unique", "kept_price": 4.0},
+        _row("dup_tie_later_file_wins", hour=2, price=0.5),
+    )
 
     # images (bytes)
     images = image_bytes()
     decoded = {"expect": "embedded", "has_text": True, "has_image": True, "image_error": None}
-    for name, reason in (("image_corrupt", "undecodable"), ("image_html_error_page", "undecodable"),
-                         ("image_truncated_jpeg", "truncated"), ("image_truncated_png", "truncated"),
-                         ("image_zero_bytes", "empty_bytes"), ("image_20000x20000", "image_too_large"),
-                         ("image_over_max_pixels", "image_too_large")):
-        add(name, {"expect": "embedded", "has_text": True, "has_image": False, "image_error": reason},
-            _row(name, title=f"garden hose {name}", image=images[name]))
-    for name in ("image_cmyk_jpeg", "image_16bit_png", "image_animated_gif", "image_animated_png",
-                 "image_rgba_png", "image_la_png", "image_palette_transparency", "image_webp",
-                 "image_plain_jpeg"):
+    for name, reason in (
+        ("image_corrupt", "undecodable"),
+        ("image_html_error_page", "undecodable"),
+        ("image_truncated_jpeg", "truncated"),
+        ("image_truncated_png", "truncated"),
+        ("image_zero_bytes", "empty_bytes"),
+        ("image_20000x20000", "image_too_large"),
+        ("image_over_max_pixels", "image_too_large"),
+    ):
+        add(
+            name,
+            {"expect": "embedded", "has_text": True, "has_image": False, "image_error": reason},
+            _row(name, title=f"garden hose {name}", image=images[name]),
+        )
+    for name in (
+        "image_cmyk_jpeg",
+        "image_16bit_png",
+        "image_animated_gif",
+        "image_animated_png",
+        "image_rgba_png",
+        "image_la_png",
+        "image_palette_transparency",
+        "image_webp",
+        "image_plain_jpeg",
+    ):
         add(name, decoded, _row(name, title=f"ceramic mug {name}", image=images[name]))
-    add("image_corrupt_no_title", {"expect": "skipped", "reason": "not_embeddable"},
-        _row("image_corrupt_no_title", title=None, image=images["image_corrupt"]))
-    add("image_zero_bytes_no_title", {"expect": "skipped", "reason": "not_embeddable"},
-        _row("image_zero_bytes_no_title", title="  ", image=b""))
+    add(
+        "image_corrupt_no_title",
+        {"expect": "skipped", "reason": "not_embeddable"},
+        _row("image_corrupt_no_title", title=None, image=images["image_corrupt"]),
+    )
+    add(
+        "image_zero_bytes_no_title",
+        {"expect": "skipped", "reason": "not_embeddable"},
+        _row("image_zero_bytes_no_title", title="  ", image=b""),
+    )
 
     # image_uri
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     (image_dir / "mug.jpg").write_bytes(_jpeg())
     add("image_uri_ok", decoded, _row("image_uri_ok", title="mug from uri", image_uri=str(image_dir / "mug.jpg")))
-    add("image_uri_missing", {"expect": "embedded", "has_text": True, "has_image": False,
-                              "image_error": "image_uri_unreadable: FileNotFoundError"},
-        _row("image_uri_missing", title="mug, image gone", image_uri=str(image_dir / "does-not-exist.jpg")))
-    add("image_uri_unknown_protocol", {"expect": "embedded", "has_text": True, "has_image": False,
-                                       "image_error": "image_uri_unreadable"},
-        _row("image_uri_unknown_protocol", title="mug, odd uri", image_uri="nosuchprotocol://bucket/mug.jpg"))
-    add("image_uri_missing_no_title", {"expect": "skipped", "reason": "not_embeddable"},
-        _row("image_uri_missing_no_title", title=None, image_uri=str(image_dir / "also-missing.png")))
+    add(
+        "image_uri_missing",
+        {
+            "expect": "embedded",
+            "has_text": True,
+            "has_image": False,
+            "image_error": "image_uri_unreadable: FileNotFoundError",
+        },
+        _row("image_uri_missing", title="mug, image gone", image_uri=str(image_dir / "does-not-exist.jpg")),
+    )
+    add(
+        "image_uri_unknown_protocol",
+        {"expect": "embedded", "has_text": True, "has_image": False, "image_error": "image_uri_unreadable"},
+        _row("image_uri_unknown_protocol", title="mug, odd uri", image_uri="nosuchprotocol://bucket/mug.jpg"),
+    )
+    add(
+        "image_uri_missing_no_title",
+        {"expect": "skipped", "reason": "not_embeddable"},
+        _row("image_uri_missing_no_title", title=None, image_uri=str(image_dir / "also-missing.png")),
+    )
 
     # deletion, and the ids that UPDATE_DAY sends again
-    add("deleted_listing", {"expect": "skipped", "reason": "is_deleted"},
-        _row("deleted_listing", is_deleted=True))
+    add("deleted_listing", {"expect": "skipped", "reason": "is_deleted"}, _row("deleted_listing", is_deleted=True))
     add("update_base", embedded_text, _row("id_across_days_update", title="Blue kettle 1.7l", price=30.0))
     add("delete_base", embedded_text, _row("id_across_days_delete", title="Red kettle 1.7l", price=25.0))
 
@@ -315,16 +426,38 @@ def _rows_day(root: Path, cases: list[dict[str, Any]]) -> None:
 
     # part-00001: only the required columns (the optional ones are absent, read as null)
     required = _row("optional_columns_missing", title="Only required columns")
-    cases.append({"case": "optional_columns_missing", "day": ROWS_DAY, "listing_id": required["listing_id"],
-                  "title": required["title"], **embedded_text})
-    _write(day / "part-00001.parquet", pa.table({
-        "listing_id": [required["listing_id"]], "supplier_id": [SUPPLIER], "title": [required["title"]],
-        "updated_at": pa.array([required["updated_at"]], LISTINGS.field("updated_at").type)}))
+    cases.append(
+        {
+            "case": "optional_columns_missing",
+            "day": ROWS_DAY,
+            "listing_id": required["listing_id"],
+            "title": required["title"],
+            **embedded_text,
+        }
+    )
+    _write(
+        day / "part-00001.parquet",
+        pa.table(
+            {
+                "listing_id": [required["listing_id"]],
+                "supplier_id": [SUPPLIER],
+                "title": [required["title"]],
+                "updated_at": pa.array([required["updated_at"]], LISTINGS.field("updated_at").type),
+            }
+        ),
+    )
 
     # part-00002: extra columns, one of a type Spark could not read (ignored, never read)
     extra = _row("extra_columns", title="Extra columns are ignored")
-    cases.append({"case": "extra_columns", "day": ROWS_DAY, "listing_id": "extra_columns",
-                  "title": extra["title"], **embedded_text})
+    cases.append(
+        {
+            "case": "extra_columns",
+            "day": ROWS_DAY,
+            "listing_id": "extra_columns",
+            "title": extra["title"],
+            **embedded_text,
+        }
+    )
     table = _listings_table([extra])
     table = table.append_column("seller_notes", pa.array(["ships fast"]))
     table = table.append_column("created_at_ns", pa.array([_at(ROWS_DAY)], pa.timestamp("ns", tz="UTC")))
@@ -333,18 +466,30 @@ def _rows_day(root: Path, cases: list[dict[str, Any]]) -> None:
 
     # part-00003: other physical types Spark reads as the contract's (what pandas & co. write)
     variant = _row("compatible_types", title="Other but readable types")
-    cases.append({"case": "compatible_types", "day": ROWS_DAY, "listing_id": "compatible_types",
-                  "title": variant["title"], **embedded_text})
-    _write(day / "part-00003.parquet", pa.table({
-        "listing_id": pa.array(["compatible_types"], pa.large_string()),
-        "supplier_id": pa.array([SUPPLIER]).dictionary_encode(),  # a pandas categorical
-        "title": pa.array([variant["title"]], pa.string_view()),
-        "description": pa.nulls(1),  # an all-null column, as pandas writes one
-        "price": pa.array([12], pa.int32()),
-        "image": pa.array([None], pa.large_binary()),
-        "updated_at": pa.array([dt.datetime(2031, 1, 1, 1)], pa.timestamp("ms")),  # naive: read as UTC
-        "is_deleted": pa.array([False]),
-    }))
+    cases.append(
+        {
+            "case": "compatible_types",
+            "day": ROWS_DAY,
+            "listing_id": "compatible_types",
+            "title": variant["title"],
+            **embedded_text,
+        }
+    )
+    _write(
+        day / "part-00003.parquet",
+        pa.table(
+            {
+                "listing_id": pa.array(["compatible_types"], pa.large_string()),
+                "supplier_id": pa.array([SUPPLIER]).dictionary_encode(),  # a pandas categorical
+                "title": pa.array([variant["title"]], pa.string_view()),
+                "description": pa.nulls(1),  # an all-null column, as pandas writes one
+                "price": pa.array([12], pa.int32()),
+                "image": pa.array([None], pa.large_binary()),
+                "updated_at": pa.array([dt.datetime(2031, 1, 1, 1)], pa.timestamp("ms")),  # naive: read as UTC
+                "is_deleted": pa.array([False]),
+            }
+        ),
+    )
 
     # part-00004: the tie partner of dup_tie_later_file_wins
     _write(day / "part-00004.parquet", _listings_table([_row("dup_tie_later_file_wins", hour=2, price=4.0)]))
@@ -358,13 +503,31 @@ def _rows_day(root: Path, cases: list[dict[str, Any]]) -> None:
 
 def _update_day(root: Path, cases: list[dict[str, Any]]) -> None:
     """UPDATE_DAY: ids from ROWS_DAY again, as an update and a deletion."""
-    rows = [_row("id_across_days_update", UPDATE_DAY, title="Blue kettle 1.7l, new lid", price=27.0, hour=9),
-            _row("id_across_days_delete", UPDATE_DAY, title="Red kettle 1.7l", price=25.0, is_deleted=True)]
+    rows = [
+        _row("id_across_days_update", UPDATE_DAY, title="Blue kettle 1.7l, new lid", price=27.0, hour=9),
+        _row("id_across_days_delete", UPDATE_DAY, title="Red kettle 1.7l", price=25.0, is_deleted=True),
+    ]
     _write(root / "listings" / f"dt={UPDATE_DAY}" / "part-00000.parquet", _listings_table(rows))
-    cases.append({"case": "id_across_days_update", "day": UPDATE_DAY, "listing_id": "id_across_days_update",
-                  "title": rows[0]["title"], "expect": "updated", "kept_price": 27.0})
-    cases.append({"case": "id_across_days_delete", "day": UPDATE_DAY, "listing_id": "id_across_days_delete",
-                  "title": rows[1]["title"], "expect": "skipped", "reason": "is_deleted"})
+    cases.append(
+        {
+            "case": "id_across_days_update",
+            "day": UPDATE_DAY,
+            "listing_id": "id_across_days_update",
+            "title": rows[0]["title"],
+            "expect": "updated",
+            "kept_price": 27.0,
+        }
+    )
+    cases.append(
+        {
+            "case": "id_across_days_delete",
+            "day": UPDATE_DAY,
+            "listing_id": "id_across_days_delete",
+            "title": rows[1]["title"],
+            "expect": "skipped",
+            "reason": "is_deleted",
+        }
+    )
 
 
 def _empty_days(root: Path, cases: list[dict[str, Any]]) -> None:
@@ -374,12 +537,24 @@ def _empty_days(root: Path, cases: list[dict[str, Any]]) -> None:
     (folder / "_SUCCESS").write_bytes(b"")
     _write(listings / f"dt={ZERO_ROWS_DAY}" / "part-00000.parquet", LISTINGS.empty_table())
     cases += [
-        {"case": "day_folder_empty", "day": EMPTY_FOLDER_DAY, "expect": "empty",
-         "message": [f"no listings for {EMPTY_FOLDER_DAY}", "no Parquet files under"]},
-        {"case": "day_folder_absent", "day": ABSENT_DAY, "expect": "empty",
-         "message": [f"no listings for {ABSENT_DAY}", "no Parquet files under"]},
-        {"case": "day_zero_row_file", "day": ZERO_ROWS_DAY, "expect": "empty",
-         "message": [f"no listings for {ZERO_ROWS_DAY}", "1 Parquet file(s)", "hold zero rows"]},
+        {
+            "case": "day_folder_empty",
+            "day": EMPTY_FOLDER_DAY,
+            "expect": "empty",
+            "message": [f"no listings for {EMPTY_FOLDER_DAY}", "no Parquet files under"],
+        },
+        {
+            "case": "day_folder_absent",
+            "day": ABSENT_DAY,
+            "expect": "empty",
+            "message": [f"no listings for {ABSENT_DAY}", "no Parquet files under"],
+        },
+        {
+            "case": "day_zero_row_file",
+            "day": ZERO_ROWS_DAY,
+            "expect": "empty",
+            "message": [f"no listings for {ZERO_ROWS_DAY}", "1 Parquet file(s)", "hold zero rows"],
+        },
     ]
 
 
@@ -392,44 +567,81 @@ def _error_days(root: Path, cases: list[dict[str, Any]]) -> None:
     _write(folder / "part-00000.parquet", good)
     (folder / "listings.csv").write_text("listing_id,supplier_id,title\nx,s,t\n")
     (folder / "README.txt").write_text("exported by the supplier portal\n")
-    cases.append({"case": "non_parquet_file_in_folder", "day": NOT_PARQUET_DAY, "expect": "error",
-                  "message": ["files that are not Parquet", "listings.csv", "README.txt", f"dt={NOT_PARQUET_DAY}"]})
+    cases.append(
+        {
+            "case": "non_parquet_file_in_folder",
+            "day": NOT_PARQUET_DAY,
+            "expect": "error",
+            "message": ["files that are not Parquet", "listings.csv", "README.txt", f"dt={NOT_PARQUET_DAY}"],
+        }
+    )
 
     folder = listings / f"dt={SUBFOLDER_DAY}"
     _write(folder / "part-00000.parquet", good)
     _write(folder / "region=eu" / "part-00000.parquet", good)
-    cases.append({"case": "sub_folder_in_day_folder", "day": SUBFOLDER_DAY, "expect": "error",
-                  "message": ["sub-folders, which are not read", "region=eu"]})
+    cases.append(
+        {
+            "case": "sub_folder_in_day_folder",
+            "day": SUBFOLDER_DAY,
+            "expect": "error",
+            "message": ["sub-folders, which are not read", "region=eu"],
+        }
+    )
 
     folder = listings / f"dt={MISSING_COLUMNS_DAY}"
     _write(folder / "no-supplier.parquet", good.drop_columns(["supplier_id"]))
     _write(folder / "no-title-no-time.parquet", good.drop_columns(["title", "updated_at"]))
-    cases.append({"case": "missing_required_columns", "day": MISSING_COLUMNS_DAY, "expect": "error",
-                  "message": ["no-supplier.parquet: required column 'supplier_id' is missing",
-                              "no-title-no-time.parquet: required column 'title' is missing",
-                              "no-title-no-time.parquet: required column 'updated_at' is missing",
-                              "nothing was written"]})
+    cases.append(
+        {
+            "case": "missing_required_columns",
+            "day": MISSING_COLUMNS_DAY,
+            "expect": "error",
+            "message": [
+                "no-supplier.parquet: required column 'supplier_id' is missing",
+                "no-title-no-time.parquet: required column 'title' is missing",
+                "no-title-no-time.parquet: required column 'updated_at' is missing",
+                "nothing was written",
+            ],
+        }
+    )
 
     folder = listings / f"dt={WRONG_TYPES_DAY}"
     wrong = {  # file name -> (column, its array, what the message says after "<file>: ")
         "listing_id_int64": ("listing_id", pa.array([7], pa.int64()), ["column 'listing_id' is int64"]),
-        "updated_at_string": ("updated_at", pa.array(["2031-01-09T01:00:00Z"]),
-                              ["column 'updated_at' is string, the contract says timestamp[us, tz=UTC]"]),
+        "updated_at_string": (
+            "updated_at",
+            pa.array(["2031-01-09T01:00:00Z"]),
+            ["column 'updated_at' is string, the contract says timestamp[us, tz=UTC]"],
+        ),
         # what pandas writes by default; Spark fails on it deep inside the read without this check
-        "updated_at_nanoseconds": ("updated_at", pa.array([_at(WRONG_TYPES_DAY)], pa.timestamp("ns", tz="UTC")),
-                                   ["column 'updated_at' is timestamp[ns, tz=UTC]",
-                                    "Spark cannot read nanosecond timestamps; write microseconds"]),
+        "updated_at_nanoseconds": (
+            "updated_at",
+            pa.array([_at(WRONG_TYPES_DAY)], pa.timestamp("ns", tz="UTC")),
+            [
+                "column 'updated_at' is timestamp[ns, tz=UTC]",
+                "Spark cannot read nanosecond timestamps; write microseconds",
+            ],
+        ),
         "price_int64": ("price", pa.array([5], pa.int64()), ["column 'price' is int64", "cast it to double"]),
         "price_string": ("price", pa.array(["5.00"]), ["column 'price' is string", "cast it to double"]),
         "price_float16": ("price", pa.array([np.float16(1.5)], pa.float16()), ["column 'price' is halffloat"]),
-        "is_deleted_int8": ("is_deleted", pa.array([0], pa.int8()),
-                            ["column 'is_deleted' is int8, the contract says bool; write it as bool"]),
+        "is_deleted_int8": (
+            "is_deleted",
+            pa.array([0], pa.int8()),
+            ["column 'is_deleted' is int8, the contract says bool; write it as bool"],
+        ),
     }
     for name, (column, array, fragments) in wrong.items():
         table = good.set_column(good.schema.get_field_index(column), column, array)
         _write(folder / f"{name}.parquet", table)
-        cases.append({"case": f"wrong_type_{name}", "day": WRONG_TYPES_DAY, "expect": "error",
-                      "message": [f"{name}.parquet: {fragments[0]}", *fragments[1:]]})
+        cases.append(
+            {
+                "case": f"wrong_type_{name}",
+                "day": WRONG_TYPES_DAY,
+                "expect": "error",
+                "message": [f"{name}.parquet: {fragments[0]}", *fragments[1:]],
+            }
+        )
 
     folder = listings / f"dt={UNREADABLE_DAY}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,8 +651,14 @@ def _error_days(root: Path, cases: list[dict[str, Any]]) -> None:
     (folder / "csv-renamed.parquet").write_text("listing_id,supplier_id,title\nx,s,t\n")
     (folder / "truncated.parquet").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     for name in ("zero-bytes", "csv-renamed", "truncated"):
-        cases.append({"case": f"unreadable_parquet_{name.replace('-', '_')}", "day": UNREADABLE_DAY,
-                      "expect": "error", "message": [f"{name}.parquet: not a readable Parquet file"]})
+        cases.append(
+            {
+                "case": f"unreadable_parquet_{name.replace('-', '_')}",
+                "day": UNREADABLE_DAY,
+                "expect": "error",
+                "message": [f"{name}.parquet: not a readable Parquet file"],
+            }
+        )
 
 
 def build_corpus(root: str | Path) -> list[dict[str, Any]]:
@@ -481,17 +699,24 @@ def build_scale_day(root: str | Path, listings: int = SCALE_LISTINGS) -> dict[st
     for k in range(blank):
         titles[k * (n // blank)] = " "
     stamp = _at(SCALE_DAY, 6)
-    table = pa.table({
-        "listing_id": ids + [ids[k * 997 + 1] for k in range(repeated)],
-        "supplier_id": ["giant"] * (n + repeated),
-        "title": titles + [titles[k * 997 + 1] for k in range(repeated)],
-        "price": np.round(np.arange(n + repeated) % 1000 * 0.5 + 1, 2),
-        "updated_at": pa.array([stamp] * n + [_at(SCALE_DAY, 2)] * repeated, LISTINGS.field("updated_at").type),
-    })
+    table = pa.table(
+        {
+            "listing_id": ids + [ids[k * 997 + 1] for k in range(repeated)],
+            "supplier_id": ["giant"] * (n + repeated),
+            "title": titles + [titles[k * 997 + 1] for k in range(repeated)],
+            "price": np.round(np.arange(n + repeated) % 1000 * 0.5 + 1, 2),
+            "updated_at": pa.array([stamp] * n + [_at(SCALE_DAY, 2)] * repeated, LISTINGS.field("updated_at").type),
+        }
+    )
     _write(day / "part-00000.parquet", table)
-    return {"case": "supplier_200000_listings", "day": SCALE_DAY, "expect": "counts",
-            "read": n + repeated, "validated": listings,
-            "quarantined": {"title_or_image_present": blank, "listing_id_unique": repeated}}
+    return {
+        "case": "supplier_200000_listings",
+        "day": SCALE_DAY,
+        "expect": "counts",
+        "read": n + repeated,
+        "validated": listings,
+        "quarantined": {"title_or_image_present": blank, "listing_id_unique": repeated},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

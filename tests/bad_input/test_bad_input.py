@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bad_input import corpus
-from jobs.config import ConfigError, ValidationConfig, load_config
+from config import ConfigError, ValidationConfig, load_config
 from schemas.expectations import DEFAULT_MAX_TITLE_CHARS, ROW_RULES, ListingsValidator, add_helper_columns
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def run_stage(spark, config, stage: str, run_date: str, **sets: str) -> StageRun
     """Runs ``jobs/<stage>.py`` through ``run_stage`` on the test session, as the DAG would."""
     import importlib
 
+    from config import command as command_module
     from jobs import spark as spark_module
     from jobs import stage as stage_module
 
@@ -90,13 +91,18 @@ def run_stage(spark, config, stage: str, run_date: str, **sets: str) -> StageRun
     paths = config.paths
     flags = {
         "paths.listings_root": str(CORPUS_ROOT / "listings"),
-        "paths.warehouse_dir": paths.warehouse_dir, "paths.metastore_dir": paths.metastore_dir,
-        "paths.reports_dir": paths.reports_dir, "paths.runs_dir": paths.runs_dir,
+        "paths.warehouse_dir": paths.warehouse_dir,
+        "paths.metastore_dir": paths.metastore_dir,
+        "paths.reports_dir": paths.reports_dir,
+        "paths.runs_dir": paths.runs_dir,
         "warehouse.database": config.warehouse.database,
         "encoder.num_threads": str(config.encoder.num_threads),
-        **corpus.CONFIG_OVERRIDES, **sets,
+        **corpus.CONFIG_OVERRIDES,
+        **sets,
     }
-    argv = ["--run-date", run_date]
+    defaults = Path(config.paths.runs_dir).parent / "defaults.toml"  # the code defaults: no keys
+    defaults.write_text("# built-in defaults\n")
+    argv = ["--run-date", run_date, "--config", str(defaults)]
     for key, value in flags.items():
         argv += ["--set", f"{key}={value}"]
     handler = _Records()
@@ -107,7 +113,7 @@ def run_stage(spark, config, stage: str, run_date: str, **sets: str) -> StageRun
     started = time.monotonic()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(spark_module, "build_spark", lambda cfg, name: spark)
-        patch.setattr(stage_module, "configure_logging", lambda: None)  # keep pytest's logging
+        patch.setattr(command_module, "configure_logging", lambda: None)  # keep pytest's logging
         try:
             code = stage_module.run_stage(stage, module.run, argv)
         finally:
@@ -176,8 +182,13 @@ def _run_day(spark, config, run_date: str) -> DayResult:
     assert validate.code == 0, validate.errors
     embed = run_stage(spark, config, "embed", run_date)
     assert embed.code == 0, embed.errors
-    return DayResult(validate, embed, table_rows(config, "listings", run_date),
-                     table_rows(config, "quarantine", run_date), table_rows(config, "embeddings", run_date))
+    return DayResult(
+        validate,
+        embed,
+        table_rows(config, "listings", run_date),
+        table_rows(config, "quarantine", run_date),
+        table_rows(config, "embeddings", run_date),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +210,7 @@ def _unit(vector) -> float:
 
 def check_case(case: dict[str, Any], day: DayResult) -> None:
     """Asserts one case's expected outcome on its day's tables."""
-    quarantined, kept, embedded = (_mine(case, day.quarantine), _mine(case, day.listings),
-                                   _mine(case, day.embeddings))
+    quarantined, kept, embedded = (_mine(case, day.quarantine), _mine(case, day.listings), _mine(case, day.embeddings))
     expect = case["expect"]
     if expect == "quarantine":
         assert [q["rule"] for q in quarantined] == [case["rule"]] * case.get("count", 1), quarantined
@@ -255,10 +265,11 @@ def test_rows_day_run_metrics_reconcile(rows_day, pipeline_config):
     assert validate["details"]["quarantined_by_rule"] == expected_rules
     skipped = [c for c in cases if c["expect"] == "skipped"]
     assert embed["details"]["skipped_by_reason"] == {
-        reason: sum(c["reason"] == reason for c in skipped) for reason in ("is_deleted", "not_embeddable")}
+        reason: sum(c["reason"] == reason for c in skipped) for reason in ("is_deleted", "not_embeddable")
+    }
     assert embed["details"]["image_errors"] == sum(
-        1 for c in cases if c["expect"] == "embedded" and c["image_error"]) + sum(
-        1 for c in skipped if c["reason"] == "not_embeddable")
+        1 for c in cases if c["expect"] == "embedded" and c["image_error"]
+    ) + sum(1 for c in skipped if c["reason"] == "not_embeddable")
 
 
 @pytest.mark.spark
@@ -271,11 +282,15 @@ def test_extra_columns_are_named_in_a_warning(rows_day):
 
 
 @pytest.mark.spark
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation of the zero-shot text model: MiniLM's vocabulary has no emoji, no Ethiopic "
-    "and no fullwidth Latin, and the tokenizer does not NFKC-normalise, so each such word becomes "
-    "[UNK]; titles with the same count of unknown words get identical text vectors, and such "
-    "listings without images pair at similarity 1.0"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known limitation of the zero-shot text model: MiniLM's vocabulary has no emoji, no Ethiopic "
+        "and no fullwidth Latin, and the tokenizer does not NFKC-normalise, so each such word becomes "
+        "[UNK]; titles with the same count of unknown words get identical text vectors, and such "
+        "listings without images pair at similarity 1.0"
+    ),
+)
 def test_titles_outside_the_text_vocabulary_get_distinct_text_vectors(rows_day):
     def text_vector(name):
         return np.asarray(_mine(BY_NAME[f"title_script_{name}"], rows_day.embeddings)[0]["emb_t"])
@@ -301,7 +316,8 @@ def test_id_across_days_is_an_update_and_a_deletion(rows_day, spark, pipeline_co
     assert row["emb_m"] is not None
 
     embeddings = spark.table(f"{pipeline_config.warehouse.database}.embeddings").filter(
-        F.col("run_date").isin(corpus.ROWS_DAY, corpus.UPDATE_DAY))
+        F.col("run_date").isin(corpus.ROWS_DAY, corpus.UPDATE_DAY)
+    )
     ids = ["id_across_days_update", "id_across_days_delete"]
 
     def catalogue(run_date):
@@ -309,8 +325,10 @@ def test_id_across_days_is_an_update_and_a_deletion(rows_day, spark, pipeline_co
         return {r["listing_id"]: r["updated_at"].replace(tzinfo=None) for r in rows}
 
     before, after = catalogue(corpus.ROWS_DAY), catalogue(corpus.UPDATE_DAY)
-    assert before == {"id_across_days_update": dt.datetime(2031, 1, 1, 1),
-                      "id_across_days_delete": dt.datetime(2031, 1, 1, 1)}
+    assert before == {
+        "id_across_days_update": dt.datetime(2031, 1, 1, 1),
+        "id_across_days_delete": dt.datetime(2031, 1, 1, 1),
+    }
     assert after == {"id_across_days_update": dt.datetime(2031, 1, 2, 9)}  # updated; deleted one left
 
 
@@ -345,8 +363,9 @@ def test_empty_day_fails_when_configured_to(spark, pipeline_config, name):
     day = BY_NAME[name]["day"]
     result = run_stage(spark, pipeline_config, "validate", day, **{"validation.fail_on_empty_day": "true"})
     assert result.code == 2
-    assert any(f"no listings for {day}" in e and "validation.fail_on_empty_day is true" in e
-               for e in result.errors), result.errors
+    assert any(f"no listings for {day}" in e and "validation.fail_on_empty_day is true" in e for e in result.errors), (
+        result.errors
+    )
 
 
 @pytest.mark.spark
@@ -383,8 +402,11 @@ def test_supplier_with_200000_listings_validates_and_reconciles(spark, pipeline_
 # --------------------------------------------------------------------------- no Spark
 def test_corpus_is_deterministic(tmp_path):
     def digest(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
     root = tmp_path / "corpus"
     first = corpus.build_corpus(root)
@@ -415,28 +437,31 @@ def test_huge_images_are_refused_from_the_header_not_decoded():
         assert time.monotonic() - started < 1.0, name  # decoding 400 MP would take far longer
 
 
-@pytest.mark.parametrize(("arrow_type", "contract", "problem"), [
-    (pa.timestamp("ns", tz="UTC"), pa.timestamp("us", tz="UTC"), "nanosecond"),
-    (pa.timestamp("ns"), pa.timestamp("us", tz="UTC"), "nanosecond"),
-    (pa.timestamp("ms"), pa.timestamp("us", tz="UTC"), None),
-    (pa.timestamp("s", tz="Europe/Berlin"), pa.timestamp("us", tz="UTC"), None),
-    (pa.int64(), pa.float64(), "cast it to double"),
-    (pa.uint64(), pa.float64(), "cast it to double"),
-    (pa.float16(), pa.float64(), "cast it to double"),
-    (pa.decimal128(10, 2), pa.float64(), "cast it to double"),
-    (pa.int32(), pa.float64(), None),
-    (pa.uint32(), pa.float64(), None),
-    (pa.float32(), pa.float64(), None),
-    (pa.dictionary(pa.int32(), pa.string()), pa.string(), None),
-    (pa.large_string(), pa.string(), None),
-    (pa.string_view(), pa.string(), None),
-    (pa.null(), pa.string(), None),
-    (pa.null(), pa.timestamp("us", tz="UTC"), None),
-    (pa.large_binary(), pa.binary(), None),
-    (pa.string(), pa.binary(), "write it as binary"),
-    (pa.int8(), pa.bool_(), "write it as bool"),
-    (pa.int64(), pa.string(), "write it as string"),
-])
+@pytest.mark.parametrize(
+    ("arrow_type", "contract", "problem"),
+    [
+        (pa.timestamp("ns", tz="UTC"), pa.timestamp("us", tz="UTC"), "nanosecond"),
+        (pa.timestamp("ns"), pa.timestamp("us", tz="UTC"), "nanosecond"),
+        (pa.timestamp("ms"), pa.timestamp("us", tz="UTC"), None),
+        (pa.timestamp("s", tz="Europe/Berlin"), pa.timestamp("us", tz="UTC"), None),
+        (pa.int64(), pa.float64(), "cast it to double"),
+        (pa.uint64(), pa.float64(), "cast it to double"),
+        (pa.float16(), pa.float64(), "cast it to double"),
+        (pa.decimal128(10, 2), pa.float64(), "cast it to double"),
+        (pa.int32(), pa.float64(), None),
+        (pa.uint32(), pa.float64(), None),
+        (pa.float32(), pa.float64(), None),
+        (pa.dictionary(pa.int32(), pa.string()), pa.string(), None),
+        (pa.large_string(), pa.string(), None),
+        (pa.string_view(), pa.string(), None),
+        (pa.null(), pa.string(), None),
+        (pa.null(), pa.timestamp("us", tz="UTC"), None),
+        (pa.large_binary(), pa.binary(), None),
+        (pa.string(), pa.binary(), "write it as binary"),
+        (pa.int8(), pa.bool_(), "write it as bool"),
+        (pa.int64(), pa.string(), "write it as string"),
+    ],
+)
 def test_type_problem_says_what_spark_cannot_read(arrow_type, contract, problem):
     from jobs.validate import type_problem
 
@@ -445,10 +470,10 @@ def test_type_problem_says_what_spark_cannot_read(arrow_type, contract, problem)
 
 
 def test_validation_chunks_join_small_batches_up_to_a_row_and_character_budget(monkeypatch):
-    from jobs import executor, validate
+    from jobs import validate
 
     seen: list[int] = []
-    monkeypatch.setattr(executor, "validate_batches", lambda chunks: [seen.append(len(c)) for c in chunks])
+    monkeypatch.setattr(validate, "validate_batches", lambda chunks: [seen.append(len(c)) for c in chunks])
     monkeypatch.setattr(validate, "VALIDATION_CHUNK_ROWS", 600)
     monkeypatch.setattr(validate, "VALIDATION_CHUNK_CHARS", 50_000)
     small = [pd.DataFrame({"title": ["t"] * 256}) for _ in range(5)]  # 1280 rows
@@ -459,9 +484,14 @@ def test_validation_chunks_join_small_batches_up_to_a_row_and_character_budget(m
 
 def _frame(titles: list[Any], **columns: list[Any]) -> pd.DataFrame:
     n = len(titles)
-    base = {"listing_id": [f"l{k}" for k in range(n)], "supplier_id": ["s"] * n, "title": titles,
-            "updated_at": [dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc)] * n,
-            "image": [None] * n, "image_uri": [None] * n}
+    base = {
+        "listing_id": [f"l{k}" for k in range(n)],
+        "supplier_id": ["s"] * n,
+        "title": titles,
+        "updated_at": [dt.datetime(2031, 1, 1, tzinfo=dt.UTC)] * n,
+        "image": [None] * n,
+        "image_uri": [None] * n,
+    }
     return pd.DataFrame(base | columns)
 
 
@@ -469,9 +499,13 @@ def test_title_rules_on_pandas_batches():
     validator = ListingsValidator(max_title_chars=10)
     frame = _frame(["ok", "x" * 10, "x" * 11, "\u200b\ufe0f", " \u3000", "🔥", None, "bad \udcff"])
     failed = validator.failed_rules(frame)
-    assert failed["rule"].to_dict() == {2: "title_too_long", 3: "title_or_image_present",
-                                        4: "title_or_image_present", 6: "title_or_image_present",
-                                        7: "text_valid_utf8"}
+    assert failed["rule"].to_dict() == {
+        2: "title_too_long",
+        3: "title_or_image_present",
+        4: "title_or_image_present",
+        6: "title_or_image_present",
+        7: "text_valid_utf8",
+    }
     helpers = add_helper_columns(frame, max_title_chars=0)
     assert helpers["_title_within_limit"].all()  # 0 = no limit
     assert add_helper_columns(_frame(["y" * (DEFAULT_MAX_TITLE_CHARS + 1)]))["_title_within_limit"].tolist() == [False]

@@ -7,6 +7,7 @@ so the tests never touch a real Airflow home or metadata DB. Nothing here runs a
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import subprocess
@@ -78,7 +79,7 @@ def test_every_task_retries_at_least_twice(dag):
 
 def test_tasks_are_the_stage_chain(dag):
     assert sorted(dag.task_ids) == sorted(STAGES)
-    for upstream, downstream in zip(STAGES, STAGES[1:]):
+    for upstream, downstream in itertools.pairwise(STAGES):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     assert dag.get_task(STAGES[0]).upstream_task_ids == set()
@@ -111,12 +112,14 @@ def test_warehouse_pool_is_named_once_and_documented(dag):
     tree = ast.parse(DAG_FILE.read_text())
     docstring = ast.get_docstring(tree, clean=False)
     literals = [
-        node for node in ast.walk(tree)
+        node
+        for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and node.value == WAREHOUSE_POOL and node.value != docstring
     ]
     assert len(literals) == 1, "name the pool in one constant and use the constant"
     constants = [
-        node.targets[0].id for node in tree.body
+        node.targets[0].id
+        for node in tree.body
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value == WAREHOUSE_POOL
     ]
     assert constants == ["WAREHOUSE_POOL"]
@@ -151,14 +154,10 @@ def test_application_args_pass_the_run_date(dag):
 
 def test_application_args_render(dag):
     for task in dag.tasks:
-        rendered = task.render_template(
-            task.application_args, {"ds": "2024-03-01", "params": {"min_similarity": None}}
-        )
+        rendered = task.render_template(task.application_args, {"ds": "2024-03-01", "params": {"min_similarity": None}})
         assert rendered[rendered.index("--run-date") + 1] == "2024-03-01", task.task_id
         assert rendered[rendered.index("--min-similarity") + 1] == "", task.task_id
-        rendered = task.render_template(
-            task.application_args, {"ds": "2024-03-02", "params": {"min_similarity": 0.9}}
-        )
+        rendered = task.render_template(task.application_args, {"ds": "2024-03-02", "params": {"min_similarity": 0.9}})
         assert rendered[rendered.index("--run-date") + 1] == "2024-03-02", task.task_id
         assert rendered[rendered.index("--min-similarity") + 1] == "0.9", task.task_id
 
@@ -173,7 +172,7 @@ def test_dag_import_loads_no_heavy_or_project_modules(tmp_path):
     )
     env = {**os.environ, **_airflow_env(tmp_path / "airflow_home")}
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -36,7 +36,7 @@ def _random_pairs(seed: int, n_nodes: int, n_edges: int) -> tuple[list[str], lis
 def _networkx_oracle(ids_l, ids_r, sims) -> list[dict]:
     """Components sorted by smallest member, with networkx weakest/strongest links."""
     graph = nx.Graph()
-    for a, b, s in zip(ids_l, ids_r, sims.tolist()):
+    for a, b, s in zip(ids_l, ids_r, sims.tolist(), strict=True):
         if graph.has_edge(a, b):  # repeated pair: the strongest similarity links them
             s = max(s, graph[a][b]["weight"])
         graph.add_edge(a, b, weight=s)
@@ -89,7 +89,7 @@ def test_cluster_pairs_matches_networkx(seed, n_nodes, n_edges):
     members = result.members.to_pydict()
     assert members["listing_id"] == [m for c in expected for m in c["members"]]
     assert members["component"] == [i for i, c in enumerate(expected) for _ in c["members"]]
-    for got, want in zip(comps, expected):
+    for got, want in zip(comps, expected, strict=True):
         assert got["size"] == want["size"]
         assert got["representative"] == want["representative"]
         assert got["weakest_similarity"] == want["weakest"]  # float32 values, compared exactly
@@ -126,7 +126,11 @@ def test_cluster_pairs_empty_input():
     assert result.members.num_rows == 0 and result.components.num_rows == 0
     assert result.members.schema.names == ["listing_id", "component"]
     assert result.components.schema.names == [
-        "component", "size", "weakest_similarity", "strongest_similarity", "representative",
+        "component",
+        "size",
+        "weakest_similarity",
+        "strongest_similarity",
+        "representative",
     ]
 
 
@@ -150,7 +154,7 @@ def test_make_group_id_is_deterministic_and_supplier_scoped():
     gid = make_group_id("supplier-1", "item-00042")
     assert gid == make_group_id("supplier-1", "item-00042")
     assert gid.startswith("g-") and len(gid) == 18
-    int(gid[2:], 16)  # hex
+    int(gid.removeprefix("g-"), 16)  # hex
     assert gid != make_group_id("supplier-2", "item-00042")
     assert gid != make_group_id("supplier-1", "item-00043")
     # the separator keeps ("ab", "c") and ("a", "bc") apart

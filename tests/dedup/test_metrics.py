@@ -134,14 +134,8 @@ def test_calibrate_matches_a_naive_scan():
     sims = rng.uniform(size=400)
     labels = (rng.uniform(size=400) < sims**2).astype(int)
     for target in (0.6, 0.8, 0.9):
-        reaching = [
-            t
-            for t in np.unique(sims)
-            if (s := score_pairs(sims, labels, t)).tp and s.precision >= target
-        ]
-        assert calibrate(sims, labels, target, n_bootstrap=0).threshold == pytest.approx(
-            min(reaching)
-        )
+        reaching = [t for t in np.unique(sims) if (s := score_pairs(sims, labels, t)).tp and s.precision >= target]
+        assert calibrate(sims, labels, target, n_bootstrap=0).threshold == pytest.approx(min(reaching))
 
 
 def test_calibrate_bootstrap_interval_is_seeded_and_brackets_the_threshold():

@@ -31,14 +31,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # [n, d]
 
 
-def _make_data(
-    rng: np.random.Generator, n_queries: int, n_index: int, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _make_data(rng: np.random.Generator, n_queries: int, n_index: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Random unit vectors; every third query is a noisy copy of an index vector,
     and a few index vectors come in near-duplicate bunches."""
     index = rng.standard_normal((n_index, dim))  # [n_index, d]
     bunch_src = rng.integers(0, n_index, size=n_index // 10)
-    for k, src in enumerate(bunch_src):  # near-duplicate bunches inside the index
+    for _k, src in enumerate(bunch_src):  # near-duplicate bunches inside the index
         dst = rng.integers(0, n_index, size=3)
         index[dst] = index[src] + 0.05 * rng.standard_normal((3, dim))
     index = _normalise(index)
@@ -64,7 +62,7 @@ def _gap_threshold(sims: np.ndarray, target: float, margin: float = 1e-4) -> flo
 def _oracle(queries: np.ndarray, index: np.ndarray, thr: float) -> dict[tuple[int, int], float]:
     sims = queries.astype(np.float64) @ index.astype(np.float64).T  # [n_queries, n_index]
     rows, cols = np.nonzero(sims >= thr)
-    return {(int(r), int(c)): float(sims[r, c]) for r, c in zip(rows, cols)}
+    return {(int(r), int(c)): float(sims[r, c]) for r, c in zip(rows, cols, strict=True)}
 
 
 def _assert_sorted(found: FoundPairs) -> None:
@@ -90,14 +88,21 @@ def test_find_pairs_matches_brute_force(backend, device, n_queries, n_index, dim
     assert 0 < len(expected) < sims.size  # the test is not vacuous
 
     found = find_pairs(
-        queries, index, thr, max_results_per_query=n_index, query_block_size=block,
-        backend=backend, device=device,
+        queries,
+        index,
+        thr,
+        max_results_per_query=n_index,
+        query_block_size=block,
+        backend=backend,
+        device=device,
     )
 
     assert found.query_idx.dtype == np.int64 and found.index_idx.dtype == np.int64
     assert found.similarity.dtype == np.float32 and found.saturated.dtype == np.bool_
     assert found.saturated.shape == (n_queries,) and not found.saturated.any()
-    got = {(int(q), int(j)): float(s) for q, j, s in zip(found.query_idx, found.index_idx, found.similarity)}
+    got = {
+        (int(q), int(j)): float(s) for q, j, s in zip(found.query_idx, found.index_idx, found.similarity, strict=True)
+    }
     assert len(got) == len(found)  # no duplicate pairs
     assert set(got) == set(expected)
     keys = sorted(expected)
@@ -220,20 +225,48 @@ def test_find_pairs_backends_agree_on_self_search():
 @pytest.mark.parametrize(
     "queries,index,kwargs,message",
     [
-        pytest.param(np.ones((2, 4)), np.ones((3, 5)), {}, "queries have dimension 4 but index_vectors have dimension 5", id="dim-mismatch"),
+        pytest.param(
+            np.ones((2, 4)),
+            np.ones((3, 5)),
+            {},
+            "queries have dimension 4 but index_vectors have dimension 5",
+            id="dim-mismatch",
+        ),
         pytest.param(np.ones(4), np.ones((3, 4)), {}, "queries must be a 2-D array", id="1d-queries"),
         pytest.param(np.ones((2, 4), dtype=np.int64), np.ones((3, 4)), {}, r"astype\(np\.float32\)", id="int-dtype"),
         pytest.param(np.full((2, 4), np.nan), np.ones((3, 4)), {}, "NaN or infinite", id="nan-vectors"),
         pytest.param(np.ones((2, 0)), np.ones((3, 0)), {}, "dimension 0", id="zero-dim"),
-        pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"min_similarity": 1.5}, r"min_similarity must be a number in \[-1, 1\]", id="sim-too-high"),
+        pytest.param(
+            np.ones((2, 4)),
+            np.ones((3, 4)),
+            {"min_similarity": 1.5},
+            r"min_similarity must be a number in \[-1, 1\]",
+            id="sim-too-high",
+        ),
         pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"min_similarity": -1.01}, r"in \[-1, 1\]", id="sim-too-low"),
         pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"min_similarity": float("nan")}, r"in \[-1, 1\]", id="sim-nan"),
         pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"min_similarity": "0.5"}, r"in \[-1, 1\]", id="sim-str"),
-        pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"max_results_per_query": 0}, "max_results_per_query must be an integer >= 1", id="budget-0"),
-        pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"query_block_size": 0}, "query_block_size must be an integer >= 1", id="block-0"),
-        pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"backend": "annoy"}, "backend must be one of", id="bad-backend"),
+        pytest.param(
+            np.ones((2, 4)),
+            np.ones((3, 4)),
+            {"max_results_per_query": 0},
+            "max_results_per_query must be an integer >= 1",
+            id="budget-0",
+        ),
+        pytest.param(
+            np.ones((2, 4)),
+            np.ones((3, 4)),
+            {"query_block_size": 0},
+            "query_block_size must be an integer >= 1",
+            id="block-0",
+        ),
+        pytest.param(
+            np.ones((2, 4)), np.ones((3, 4)), {"backend": "annoy"}, "backend must be one of", id="bad-backend"
+        ),
         pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"device": "cuda"}, "use backend='blocked'", id="faiss-on-cuda"),
-        pytest.param(np.ones((2, 4)), np.ones((3, 4)), {"backend": "blocked", "device": "tpu"}, "device must be", id="bad-device"),
+        pytest.param(
+            np.ones((2, 4)), np.ones((3, 4)), {"backend": "blocked", "device": "tpu"}, "device must be", id="bad-device"
+        ),
     ],
 )
 def test_find_pairs_rejects_bad_arguments(queries, index, kwargs, message):
@@ -257,7 +290,9 @@ def test_find_pairs_cuda_matches_faiss():
         pytest.skip("needs CUDA")
     queries, index = _make_data(_rng(6), 300, 2000, 64)
     expected = find_pairs(queries, index, 0.3, max_results_per_query=7)
-    found = find_pairs(queries, index, 0.3, max_results_per_query=7, backend="blocked", device="cuda", query_block_size=128)
+    found = find_pairs(
+        queries, index, 0.3, max_results_per_query=7, backend="blocked", device="cuda", query_block_size=128
+    )
     np.testing.assert_array_equal(found.saturated, expected.saturated)
     np.testing.assert_array_equal(found.query_idx, expected.query_idx)
     np.testing.assert_array_equal(found.index_idx, expected.index_idx)
@@ -293,17 +328,26 @@ def test_find_pairs_by_id_matches_brute_force(backend, device):
     expected = _pairs_oracle(q_ids, queries, x_ids, index, thr)
 
     pairs, saturated = find_pairs_by_id(
-        pa.array(q_ids), queries, np.array(x_ids), index, thr, max_results_per_query=250,
-        backend=backend, device=device, query_block_size=32,
+        pa.array(q_ids),
+        queries,
+        np.array(x_ids),
+        index,
+        thr,
+        max_results_per_query=250,
+        backend=backend,
+        device=device,
+        query_block_size=32,
     )
 
-    assert pairs.schema == pa.schema([("listing_id_l", pa.string()), ("listing_id_r", pa.string()), ("similarity", pa.float32())])
+    assert pairs.schema == pa.schema(
+        [("listing_id_l", pa.string()), ("listing_id_r", pa.string()), ("similarity", pa.float32())]
+    )
     assert saturated == []
     left, right = pairs.column("listing_id_l").to_pylist(), pairs.column("listing_id_r").to_pylist()
-    got = dict(zip(zip(left, right), pairs.column("similarity").to_pylist()))
-    assert all(l < r for l, r in zip(left, right))  # canonical, hence no self pairs
+    got = dict(zip(zip(left, right, strict=True), pairs.column("similarity").to_pylist(), strict=True))
+    assert all(l < r for l, r in zip(left, right, strict=True))  # canonical, hence no self pairs
     assert len(got) == pairs.num_rows  # no duplicates
-    assert list(zip(left, right)) == sorted(got)
+    assert list(zip(left, right, strict=True)) == sorted(got)
     assert len(expected) > 60 and set(got) == set(expected)
     keys = sorted(expected)
     np.testing.assert_allclose([got[k] for k in keys], [expected[k] for k in keys], atol=1e-5)
@@ -316,7 +360,7 @@ def test_find_pairs_by_id_reports_saturated_ids():
     ids = ["e", "d", "c", "b", "a", "z"]
     pairs, saturated = find_pairs_by_id(ids, index, ids, index, 0.9, max_results_per_query=2)
     assert saturated == ["e", "d", "c", "b", "a"]
-    assert all(l < r for l, r in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist()))
+    assert all(l < r for l, r in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist(), strict=True))
     assert "z" not in set(pairs.column(0).to_pylist() + pairs.column(1).to_pylist())
 
 
@@ -342,5 +386,7 @@ def test_find_pairs_by_id_keeps_the_stronger_direction():
     for q_ids, q_vectors in [(["a", "b"], queries), (["b", "a"], queries[::-1])]:
         pairs, _ = find_pairs_by_id(q_ids, q_vectors, ["a", "b"], index, 0.5)
         assert pairs.to_pydict() == {
-            "listing_id_l": ["a"], "listing_id_r": ["b"], "similarity": [pytest.approx(0.96)],
+            "listing_id_l": ["a"],
+            "listing_id_r": ["b"],
+            "similarity": [pytest.approx(0.96)],
         }

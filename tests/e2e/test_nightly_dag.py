@@ -41,12 +41,15 @@ PRECISION_FLOOR = 0.85
 def _airflow(env: dict[str, str], *args: str, log: Path) -> None:
     airflow = str(Path(sys.executable).parent / "airflow")
     with log.open("w") as out:
-        proc = subprocess.run([airflow, *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+        proc = subprocess.run(
+            [airflow, *args], check=False, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1800
+        )
     text = log.read_text()
     assert proc.returncode == 0, f"airflow {' '.join(args)} failed (rc {proc.returncode}); tail:\n{text[-4000:]}"
     if args[:2] == ("dags", "test"):
         assert "DagRun Finished" in text and "state=success" in text.split("DagRun Finished")[-1][:600], (
-            f"DAG run did not succeed; tail:\n{text[-4000:]}")
+            f"DAG run did not succeed; tail:\n{text[-4000:]}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -55,36 +58,37 @@ def nightly(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ)
-    env.update({
-        "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "SSPR_CONFIG": str(REPO / "conf" / "sspr.toml"),
-        "SSPR__PATHS__LISTINGS_ROOT": str(EXAMPLES / "listings"),
-        "SSPR__PATHS__WAREHOUSE_DIR": str(root / "warehouse"),
-        "SSPR__PATHS__METASTORE_DIR": str(root / "metastore"),
-        "SSPR__PATHS__REPORTS_DIR": str(root / "reports"),
-        "SSPR__PATHS__RUNS_DIR": str(root / "runs"),
-        "HF_HUB_OFFLINE": "1",
-        "TQDM_DISABLE": "1",
-        # retry drill: the first day's pairs task writes its table, then crashes once; Airflow
-        # retries it (after 1 s) and the run must still end correct
-        "SSPR_FAIL_ONCE": "pairs",
-        "SSPR_FAIL_ONCE_DIR": str(root / "drill"),
-        "SSPR_RETRY_DELAY_S": "1",
-    })
+    env.update(
+        {
+            "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "AIRFLOW_HOME": str(root / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+            "SSPR_CONFIG": str(REPO / "conf" / "sspr.toml"),
+            "SSPR__PATHS__LISTINGS_ROOT": str(EXAMPLES / "listings"),
+            "SSPR__PATHS__WAREHOUSE_DIR": str(root / "warehouse"),
+            "SSPR__PATHS__METASTORE_DIR": str(root / "metastore"),
+            "SSPR__PATHS__REPORTS_DIR": str(root / "reports"),
+            "SSPR__PATHS__RUNS_DIR": str(root / "runs"),
+            "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1",
+            # retry drill: the first day's pairs task writes its table, then crashes once; Airflow
+            # retries it (after 1 s) and the run must still end correct
+            "SSPR_FAIL_ONCE": "pairs",
+            "SSPR_FAIL_ONCE_DIR": str(root / "drill"),
+            "SSPR_RETRY_DELAY_S": "1",
+        }
+    )
     for day in DAYS[1:]:  # only the first day fails: mark the others as already failed once
         (root / "drill").mkdir(exist_ok=True)
         (root / "drill" / f"pairs-{day}.failed").write_text("skip\n")
     logs = root / "logs"
     logs.mkdir()
     _airflow(env, "db", "migrate", log=logs / "migrate.log")
-    _airflow(env, "pools", "set", "sspr_warehouse", "1", "Spark jobs on the embedded metastore",
-             log=logs / "pools.log")
+    _airflow(env, "pools", "set", "sspr_warehouse", "1", "Spark jobs on the embedded metastore", log=logs / "pools.log")
     for day in DAYS:
         _airflow(env, "dags", "test", "dedup_nightly", day, log=logs / f"{day}.log")
     return env, root / "warehouse", root
@@ -193,8 +197,7 @@ def test_rerunning_a_day_gives_byte_identical_tables(nightly):
     for name, (digest, rows) in before.items():
         assert rows, f"table {name} is empty for {day}; the comparison would prove nothing"
         changed = sorted(set(rows) ^ set(after[name][1]))[:2]
-        assert after[name][0] == digest, (
-            f"table {name} content hash changed on rerun of {day}; e.g. {changed}")
+        assert after[name][0] == digest, f"table {name} content hash changed on rerun of {day}; e.g. {changed}"
     metrics = _table(warehouse, "run_metrics", day)
     assert len(metrics) == 5  # one row per stage, replaced, not appended
     report = json.loads((root / "reports" / f"run_date={day}" / "report.json").read_text())

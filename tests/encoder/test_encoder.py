@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ from encoder import (
     build_encoder,
     resolve_device,
 )
-from encoder.model import _ENCODERS, _files_digest, compute_model_version
+from encoder.base import _files_digest
+from encoder.factory import _ENCODERS, compute_model_version
 
 # ../shared/datasets beside the checkout (CI has it; a user's clone may not)
 GROCERY = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "grocery_store_packages"
@@ -169,9 +169,7 @@ def test_empty_input(encoder: ZeroShotEncoder) -> None:
 # --- determinism and batching ---
 
 
-def test_deterministic(
-    encoder: ZeroShotEncoder, mixed: tuple[list, list], encoded: EncodedListings
-) -> None:
+def test_deterministic(encoder: ZeroShotEncoder, mixed: tuple[list, list], encoded: EncodedListings) -> None:
     again = encoder.encode(*mixed)
     for name in ("m", "t", "i", "has_text", "has_image"):
         np.testing.assert_array_equal(getattr(again, name), getattr(encoded, name), err_msg=name)
@@ -183,9 +181,7 @@ def test_batch_size_does_not_change_vectors(
 ) -> None:
     small = small_batch_encoder.encode(*mixed)
     for name in ("m", "t", "i"):
-        np.testing.assert_allclose(
-            getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name
-        )
+        np.testing.assert_allclose(getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name)
     assert small.image_error == encoded.image_error
 
 
@@ -210,9 +206,7 @@ def test_argument_errors(encoder: ZeroShotEncoder) -> None:
 
 
 def test_text_semantics(encoder: ZeroShotEncoder) -> None:
-    out = encoder.encode(
-        ["apple iphone 12 64gb black", "iPhone 12 black 64 GB apple", "garden hose 50ft"], [None] * 3
-    )
+    out = encoder.encode(["apple iphone 12 64gb black", "iPhone 12 black 64 GB apple", "garden hose 50ft"], [None] * 3)
     same = float(out.t[0] @ out.t[1])
     other = float(out.t[0] @ out.t[2])
     assert same > other + 0.3, (same, other)
@@ -271,7 +265,7 @@ def test_same_sku_photos_are_closer_than_other_category(encoder: ZeroShotEncoder
 
 def test_flipped_photo_is_near_identical(encoder: ZeroShotEncoder) -> None:
     classes = _grocery_photos()
-    path = GROCERY / sorted(classes.items())[0][1][1][0]
+    path = GROCERY / min(classes.items())[1][1][0]
     original = path.read_bytes()
     buf = io.BytesIO()
     flipped = Image.open(io.BytesIO(original)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -283,18 +277,14 @@ def test_flipped_photo_is_near_identical(encoder: ZeroShotEncoder) -> None:
 # --- model version ---
 
 
-def test_model_version_stable_across_builds(
-    encoder: ZeroShotEncoder, small_batch_encoder: ZeroShotEncoder
-) -> None:
+def test_model_version_stable_across_builds(encoder: ZeroShotEncoder, small_batch_encoder: ZeroShotEncoder) -> None:
     assert len(encoder.model_version) == 16
     int(encoder.model_version, 16)
     # batch_size does not change the vectors, so it does not change the version either
     assert small_batch_encoder.model_version == encoder.model_version
 
 
-def test_model_version_changes_with_preprocessing(
-    encoder: ZeroShotEncoder, config: EncoderConfig
-) -> None:
+def test_model_version_changes_with_preprocessing(encoder: ZeroShotEncoder, config: EncoderConfig) -> None:
     base = encoder.model_version
     assert compute_model_version(config) == base
     for change in (

@@ -36,17 +36,10 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def _rgb_jpeg(
-    width: int = 300, height: int = 200, color: tuple[int, int, int] = (200, 30, 30)
-) -> bytes:
+def _rgb_jpeg(width: int = 300, height: int = 200, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     rng = np.random.default_rng(0)
     noise = rng.integers(-20, 20, (height, width, 3))
     arr = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
@@ -243,9 +236,7 @@ def tower() -> ImageTower:
 
 def test_feature_map_and_pooled_vectors(tower: ImageTower) -> None:
     colors = [(200, 30, 30), (30, 30, 200)]
-    pixels = torch.stack(
-        [_assert_ok(decode_image(_rgb_jpeg(color=c), 224), 224) for c in colors]
-    )  # [2, 3, 224, 224]
+    pixels = torch.stack([_assert_ok(decode_image(_rgb_jpeg(color=c), 224), 224) for c in colors])  # [2, 3, 224, 224]
     with torch.inference_mode():
         fmap = tower.feature_map(pixels)
         pooled = tower(pixels)
@@ -257,10 +248,7 @@ def test_feature_map_and_pooled_vectors(tower: ImageTower) -> None:
 
 
 def test_encode_images_batches_match_single_pass(tower: ImageTower) -> None:
-    images = [
-        _assert_ok(decode_image(_rgb_jpeg(color=(20 * k, 100, 200 - 20 * k)), 224), 224)
-        for k in range(6)
-    ]
+    images = [_assert_ok(decode_image(_rgb_jpeg(color=(20 * k, 100, 200 - 20 * k)), 224), 224) for k in range(6)]
     batched = tower.encode_images(images)  # batch_size 4 -> chunks of 4 and 2
     with torch.inference_mode():
         single = torch.cat([tower(img.unsqueeze(0)) for img in images])

@@ -26,7 +26,7 @@ from encoder.lexical import (
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
 TITLES = [
-    "WD Blue 1TB WD10EZEX 3.5\" SATA",
+    'WD Blue 1TB WD10EZEX 3.5" SATA',
     "wd blue 2tb wd20ezrz",
     "Apple iPhone 12 64GB black",
     "a b cd",  # words shorter than the n-gram sizes
@@ -62,8 +62,11 @@ def test_cosine_matches_sklearn_tfidf_when_buckets_do_not_collide():
     same cosines as sklearn's exact char_wb 3-5 sublinear-tf vectors (IDF 1)."""
     vectorizer = LexicalVectorizer(1 << 20)
     hashed = vectorizer.transform(TITLES)
-    exact = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
-                            use_idf=False).fit_transform(TITLES).toarray()
+    exact = (
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, use_idf=False)
+        .fit_transform(TITLES)
+        .toarray()
+    )
     assert np.allclose(hashed @ hashed.T, exact @ exact.T, atol=1e-5)
     assert np.allclose(np.linalg.norm(hashed, axis=1), 1.0, atol=1e-6)
 
@@ -86,7 +89,7 @@ def test_empty_and_missing_titles_give_zero_rows():
 
 
 def test_idf_file_errors_say_what_to_do(tmp_path):
-    with pytest.raises(ValueError, match="jobs.fit_lexical"):
+    with pytest.raises(ValueError, match="training.fit_lexical"):
         LexicalVectorizer(16, str(tmp_path / "missing.npy"))
     path = tmp_path / "idf.npy"
     save_idf(np.ones(8, dtype=np.float32), path)
@@ -112,9 +115,16 @@ def test_combine_gives_the_weighted_sum_of_cosines():
     assert np.isclose(joined[0] @ joined[4], np.sqrt(1 - w) * (neural[0] @ neural[4]), atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [{"lexical_weight": 1.0}, {"lexical_weight": -0.1},
-                                 {"lexical_weight": True}, {"lexical_buckets": 0},
-                                 {"lexical_idf": 3}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lexical_weight": 1.0},
+        {"lexical_weight": -0.1},
+        {"lexical_weight": True},
+        {"lexical_buckets": 0},
+        {"lexical_idf": 3},
+    ],
+)
 def test_config_rejects_bad_lexical_settings(bad):
     with pytest.raises(ValueError, match="encoder.lexical_"):
         EncoderConfig(**bad)
@@ -122,10 +132,15 @@ def test_config_rejects_bad_lexical_settings(bad):
 
 @pytest.fixture(scope="module")
 def hybrid_pair():
-    from encoder.model import build_encoder
+    from encoder.factory import build_encoder
 
-    config = EncoderConfig(kind="sspr", device="cpu", weights=str(ROOT / "encoder" / "weights" / "sspr.safetensors"),
-                           lexical_weight=0.2, lexical_buckets=256)
+    config = EncoderConfig(
+        kind="sspr",
+        device="cpu",
+        weights=str(ROOT / "encoder" / "weights" / "sspr.safetensors"),
+        lexical_weight=0.2,
+        lexical_buckets=256,
+    )
     return build_encoder(config), build_encoder(dataclasses.replace(config, lexical_weight=0.0))
 
 
@@ -153,7 +168,7 @@ def test_hybrid_encoder_joins_the_real_model_and_the_lexical_part(hybrid_pair):
 
 
 def test_hybrid_model_version_covers_every_lexical_setting(hybrid_pair, tmp_path):
-    from encoder.model import compute_model_version
+    from encoder.factory import compute_model_version
 
     hybrid, pure = hybrid_pair
     assert hybrid.model_version == compute_model_version(hybrid.config)
@@ -163,19 +178,3 @@ def test_hybrid_model_version_covers_every_lexical_setting(hybrid_pair, tmp_path
     for change in ({"lexical_weight": 0.3}, {"lexical_buckets": 512}, {"lexical_idf": str(idf)}):
         assert compute_model_version(dataclasses.replace(hybrid.config, **change)) != hybrid.model_version, change
     assert compute_model_version(dataclasses.replace(hybrid.config, batch_size=7)) == hybrid.model_version
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present: the shipped IDF table cannot be rebuilt")
-def test_shipped_idf_table_is_what_fit_lexical_makes(tmp_path):
-    from jobs.fit_lexical import main
-
-    out = tmp_path / "idf.npy"
-    assert main(["--shared", str(SHARED), "--out", str(out), "--buckets", "2048"]) == 0
-    assert out.read_bytes() == (ROOT / "encoder" / "weights" / "lexical-idf.npy").read_bytes()
-
-
-def test_fit_lexical_without_datasets_exits_2(tmp_path):
-    from jobs.fit_lexical import main
-
-    assert main(["--shared", str(tmp_path), "--out", str(tmp_path / "idf.npy")]) == 2
-    assert not (tmp_path / "idf.npy").exists()

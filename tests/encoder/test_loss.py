@@ -78,7 +78,7 @@ def _ref_mean_rows(per_row: list[torch.Tensor | None]) -> torch.Tensor:
 
 
 def ref_hinge(queries, targets, margin, mask=None) -> torch.Tensor:
-    """PAPER.md §3: mean over rows of mean_j max(0, S_rj - S_rr + margin*(1 - delta_rj))."""
+    """docs/PAPER.md §3: mean over rows of mean_j max(0, S_rj - S_rr + margin*(1 - delta_rj))."""
     s = _ref_cosine(queries, targets)
     b = len(s)
     per_row = []
@@ -94,7 +94,7 @@ def ref_hinge(queries, targets, margin, mask=None) -> torch.Tensor:
 
 
 def ref_locality(full, view, offers, k, margin, mask=None) -> torch.Tensor:
-    """PAPER.md §3: mean over the top-k of D's row of max(0, (D - D')^2 - margin)."""
+    """docs/PAPER.md §3: mean over the top-k of D's row of max(0, (D - D')^2 - margin)."""
     d_full = _ref_cosine(full, offers)
     d_view = _ref_cosine(view, offers)
     n = len(d_full[0])
@@ -123,12 +123,8 @@ def ref_total(trigger, offer, config: LossConfig) -> tuple[torch.Tensor, dict[st
         "ppm_im": ref_hinge(i, om, config.ppm_margin, has_image),
         "self_distinctiveness_t": ref_hinge(t, m, config.self_distinctiveness_margin, has_text),
         "self_distinctiveness_i": ref_hinge(i, m, config.self_distinctiveness_margin, has_image),
-        "locality_consistency_t": ref_locality(
-            m, t, om, config.locality_top_k, config.locality_margin, has_text
-        ),
-        "locality_consistency_i": ref_locality(
-            m, i, om, config.locality_top_k, config.locality_margin, has_image
-        ),
+        "locality_consistency_t": ref_locality(m, t, om, config.locality_top_k, config.locality_margin, has_text),
+        "locality_consistency_i": ref_locality(m, i, om, config.locality_top_k, config.locality_margin, has_image),
     }
     weights = {
         "ppm_mm": config.ppm_mm_weight,
@@ -228,9 +224,7 @@ def test_ppm_hinge_2x2_gradient_by_hand():
     # (o0 - o1) / 4 = (0.2, -0.1); projected -> (0.2, 0); / 2 -> (0.1, 0). q0 gets no gradient.
     q = Q.clone().requires_grad_(True)
     ppm_hinge(q, O, 0.5).backward()
-    torch.testing.assert_close(
-        q.grad, torch.tensor([[0.0, 0.0], [0.1, 0.0]], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(q.grad, torch.tensor([[0.0, 0.0], [0.1, 0.0]], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def test_self_distinctiveness_2x2_by_hand():
@@ -434,7 +428,7 @@ def test_listing_without_image_adds_no_image_term():
         i = trigger["i"].clone()
         i[2] = replacement
         i.requires_grad_(True)
-        after, parts_after = total_loss({**trigger, "i": i}, offer)
+        after, _parts_after = total_loss({**trigger, "i": i}, offer)
         torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
         after.backward()
         assert (i.grad[2] == 0).all()
@@ -553,7 +547,7 @@ def test_loss_config_defaults_are_the_documented_ones():
     assert config.ppm_margin == 0.2
     assert config.self_distinctiveness_margin == 0.2
     assert config.locality_margin == 0.01
-    assert config.locality_top_k == 10  # the released code's top-10 (PAPER.md §3)
+    assert config.locality_top_k == 10  # the released code's top-10 (docs/PAPER.md §3)
     for name in (
         "ppm_mm_weight",
         "ppm_tm_weight",

@@ -20,8 +20,8 @@ from PIL import Image
 
 from encoder import EncodedListings, EncoderConfig, ListingEncoder, build_encoder
 from encoder.config import LossConfig
+from encoder.factory import compute_model_version
 from encoder.loss import total_loss
-from encoder.model import compute_model_version
 from encoder.sspr import (
     SSPR_DIM,
     SsprEncoder,
@@ -33,8 +33,10 @@ from encoder.sspr import (
 DIM = 256
 TRAINABLE_COUNT = (
     6 * 2 * (8 * 384 + 384 * 8)  # LoRA A and B on query and value of 6 layers
-    + 1280 * 384 + 384  # patch projection
-    + 49 * 384 + 384  # image position and segment embeddings
+    + 1280 * 384
+    + 384  # patch projection
+    + 49 * 384
+    + 384  # image position and segment embeddings
     + 2 * 384  # image LayerNorm
     + 384 * 256  # head
 )
@@ -107,12 +109,8 @@ def test_shapes_flags_and_unit_norms(encoder: SsprEncoder, encoded: EncodedListi
     assert encoded.image_error == [None, None, None, "undecodable", None, None]
     assert encoded.model_version == encoder.model_version
     np.testing.assert_allclose(np.linalg.norm(encoded.m, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        np.linalg.norm(encoded.t[encoded.has_text], axis=1), 1.0, atol=1e-5
-    )
-    np.testing.assert_allclose(
-        np.linalg.norm(encoded.i[encoded.has_image], axis=1), 1.0, atol=1e-5
-    )
+    np.testing.assert_allclose(np.linalg.norm(encoded.t[encoded.has_text], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(encoded.i[encoded.has_image], axis=1), 1.0, atol=1e-5)
     assert not encoded.t[~encoded.has_text].any()
     assert not encoded.i[~encoded.has_image].any()
 
@@ -183,9 +181,7 @@ def test_untrained_t_is_the_minilm_sentence_vector_through_the_head(
     # an oracle for the text tokens, the t mask and the pooling (image tokens masked out).
     titles = ["apple iphone 12 64gb black", "Garden hose, 50 ft, green (PVC)", "tea"]
     got = encoder.encode(titles, [RED, None, BLUE]).t
-    tokens = encoder.text_tower.tokenizer(
-        titles, padding=True, truncation=True, max_length=64, return_tensors="pt"
-    )
+    tokens = encoder.text_tower.tokenizer(titles, padding=True, truncation=True, max_length=64, return_tensors="pt")
     with torch.no_grad():
         sentence = encoder.text_tower(tokens["input_ids"], tokens["attention_mask"])  # [3, 384]
         expected = F.normalize(encoder.head(sentence), dim=1).numpy()
@@ -209,9 +205,7 @@ def test_deterministic_and_independent_of_batch_size(
     monkeypatch.setattr(encoder, "config", dataclasses.replace(config, batch_size=2))
     small = encoder.encode(*mixed)
     for name in ("m", "t", "i"):
-        np.testing.assert_allclose(
-            getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name
-        )
+        np.testing.assert_allclose(getattr(small, name), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name)
     assert small.image_error == encoded.image_error
 
 
@@ -224,10 +218,7 @@ def test_trainable_parameters_are_only_the_new_parts(encoder: SsprEncoder) -> No
     requires_grad = {name for name, p in encoder.named_parameters() if p.requires_grad}
     assert set(trainable) == requires_grad
     for name in trainable:
-        assert (
-            name.endswith((".lora_a", ".lora_b"))
-            or name.startswith(("patch_embedding.", "head."))
-        ), name
+        assert name.endswith((".lora_a", ".lora_b")) or name.startswith(("patch_embedding.", "head.")), name
     lora = [n for n in trainable if "lora_" in n]
     assert len(lora) == 6 * 2 * 2
     frozen = [n for n, p in encoder.named_parameters() if not p.requires_grad]
@@ -292,15 +283,11 @@ def test_second_build_is_identical_and_load_trainable_updates_it(
     assert fresh_version == encoder.model_version
     load_trainable(fresh, path)
     assert fresh.model_version != fresh_version
-    assert fresh.model_version == compute_model_version(
-        dataclasses.replace(config, weights=str(path))
-    )
+    assert fresh.model_version == compute_model_version(dataclasses.replace(config, weights=str(path)))
     np.testing.assert_array_equal(fresh.encode(titles, images).m, trained[0].encode(*mixed).m)
 
 
-def test_load_trainable_refuses_foreign_files(
-    trained: tuple, encoder: SsprEncoder, tmp_path: Path
-) -> None:
+def test_load_trainable_refuses_foreign_files(trained: tuple, encoder: SsprEncoder, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     _, path = trained
@@ -382,9 +369,7 @@ def test_t_gradients_do_not_reach_the_image_parts(trained: tuple) -> None:
     pixels = [_decoded(RED, model.config.image_size), _decoded(BLUE, model.config.image_size)]
     out = model(model.make_batch(["red mug", "blue mug"], pixels))
     out.t.sum().backward()
-    patch_grads = [
-        p.grad for n, p in trainable_parameters(model).items() if n.startswith("patch_embedding.")
-    ]
+    patch_grads = [p.grad for n, p in trainable_parameters(model).items() if n.startswith("patch_embedding.")]
     assert all(g is None or not g.any() for g in patch_grads)
     assert model.head.weight.grad is not None and model.head.weight.grad.any()
     model.zero_grad(set_to_none=True)
@@ -416,18 +401,14 @@ def test_forward_matches_encode(trained: tuple, mixed: tuple[list, list]) -> Non
     from encoder.image import decode_image
 
     titles, images = mixed
-    pixels = [
-        None if data is None else decode_image(data, model.config.image_size)[0] for data in images
-    ]
+    pixels = [None if data is None else decode_image(data, model.config.image_size)[0] for data in images]
     with torch.no_grad():
         out = model(model.make_batch(titles, pixels))
     encoded = model.encode(titles, images)
     np.testing.assert_array_equal(out.has_text.numpy(), encoded.has_text)
     np.testing.assert_array_equal(out.has_image.numpy(), encoded.has_image)
     for name in ("m", "t", "i"):
-        np.testing.assert_allclose(
-            getattr(out, name).numpy(), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name
-        )
+        np.testing.assert_allclose(getattr(out, name).numpy(), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name)
 
 
 def test_forward_refuses_an_empty_listing(encoder: SsprEncoder) -> None:

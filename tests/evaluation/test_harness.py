@@ -15,8 +15,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from benchmarks.datasets import read_leipzig_matching
 from evaluation.__main__ import main
-from evaluation.datasets import read_leipzig_matching
 from evaluation.report import BEGIN, END, render_tables, update_readme
 from evaluation.tasks import group_labels, threshold_pairs
 
@@ -62,14 +62,24 @@ def subset_run(tmp_path_factory):
         pytest.skip(f"real benchmarks not found at {SHARED}")
     out = tmp_path_factory.mktemp("evaluation")
     args = [
-        "--shared", str(SHARED),
-        "--limit", str(LIMIT),
-        "--out", str(out / "quality.json"),
-        "--readme", str(out / "README.md"),
-        "--cache", str(out / "cache"),
-        "--bootstrap", "50",
-        "--target-precision", "0.6",
-        "--compare", "pure=" + str(ROOT / "conf" / "sspr.toml") + ",encoder.lexical_weight=0",
+        "--config",
+        str(ROOT / "conf" / "sspr.toml"),
+        "--shared",
+        str(SHARED),
+        "--limit",
+        str(LIMIT),
+        "--out",
+        str(out / "quality.json"),
+        "--readme",
+        str(out / "README.md"),
+        "--cache",
+        str(out / "cache"),
+        "--bootstrap",
+        "50",
+        "--target-precision",
+        "0.6",
+        "--compare",
+        "pure=" + str(ROOT / "conf" / "sspr.toml") + ",encoder.lexical_weight=0",
     ]
     (out / "README.md").write_text(f"# notes kept\n\n{BEGIN}\nSTALE-TABLE\n{END}\ntail kept\n")
     assert main(args) == 0
@@ -94,9 +104,7 @@ def test_every_task_and_method_is_reported(subset_run):
             assert 0.0 <= r["value"] <= 1.0, r
     metrics = {r["metric"] for r in records if r["dataset"] == "leipzig:google_within_supplier"}
     assert {"f1_pairs@wdc-valid-f1", "f1_groups@wdc-valid-f1", "oracle_f1_groups"} <= metrics
-    pipeline = {
-        r["method"] for r in records if r["metric"] in ("f1_groups@pipeline", "f1@pipeline")
-    }
+    pipeline = {r["method"] for r in records if r["metric"] in ("f1_groups@pipeline", "f1@pipeline")}
     assert pipeline == {"encoder:m"}
 
 
@@ -120,17 +128,25 @@ def test_lexical_weight_sweep_and_the_compared_pure_model(subset_run):
         values = {r["method"]: r["value"] for r in grocery if r["metric"] == metric and r["task"] == "photo->photo"}
         assert values["encoder:i"] == values["pure:i"]
     # ... while the text views differ (the lexical part is there)
-    wdc = {r["method"]: r["value"] for r in records
-           if (r["dataset"], r["task"], r["metric"]) == ("wdc:100un_gs", "retrieval", "mrr")}
+    wdc = {
+        r["method"]: r["value"]
+        for r in records
+        if (r["dataset"], r["task"], r["metric"]) == ("wdc:100un_gs", "retrieval", "mrr")
+    }
     assert wdc["encoder:t"] != wdc["pure:t"]
     assert details["compared"]["pure"]["model_version"] != details["model_version"]
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("a=conf/x.toml", ("a", "conf/x.toml", {})),
-    ("a=conf/x.toml,encoder.kind=zero-shot,encoder.weights=",
-     ("a", "conf/x.toml", {"encoder.kind": "zero-shot", "encoder.weights": ""})),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("a=conf/x.toml", ("a", "conf/x.toml", {})),
+        (
+            "a=conf/x.toml,encoder.kind=zero-shot,encoder.weights=",
+            ("a", "conf/x.toml", {"encoder.kind": "zero-shot", "encoder.weights": ""}),
+        ),
+    ],
+)
 def test_parse_compare(value, expected):
     from evaluation.__main__ import parse_compare
 
@@ -139,8 +155,8 @@ def test_parse_compare(value, expected):
 
 @pytest.mark.parametrize("value", ["conf/x.toml", "a=", "=conf/x.toml", "a=conf/x.toml,kind"])
 def test_parse_compare_rejects(value):
+    from config import ConfigError
     from evaluation.__main__ import parse_compare
-    from jobs.config import ConfigError
 
     with pytest.raises(ConfigError, match="--compare"):
         parse_compare(value)
@@ -153,7 +169,7 @@ def test_tfidf_retrieval_matches_an_independent_computation(subset_run):
     task = read_leipzig_matching(SHARED, "abt_buy", LIMIT)
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
     matrix = vectorizer.fit_transform(task.left["title"].tolist() + task.right["title"].tolist())
-    left, right = matrix[: len(task.left)], matrix[len(task.left):]
+    left, right = matrix[: len(task.left)], matrix[len(task.left) :]
     matches = task.matches.groupby("left_id")["right_id"].agg(set)
     reciprocal = []
     for k, left_id in enumerate(task.left["id"]):
@@ -199,7 +215,12 @@ def test_details_readme_and_cached_rerun(subset_run, caplog):
 
 
 def test_missing_datasets_exit_2_with_a_message(tmp_path, caplog):
-    assert main(["--shared", str(tmp_path), "--out", str(tmp_path / "q.json")]) == 2
+    assert (
+        main(
+            ["--config", str(ROOT / "conf" / "sspr.toml"), "--shared", str(tmp_path), "--out", str(tmp_path / "q.json")]
+        )
+        == 2
+    )
     assert "not found under" in caplog.text and "--shared" in caplog.text
     assert not (tmp_path / "q.json").exists()
 
@@ -241,12 +262,7 @@ def test_threshold_pairs_agree_between_dense_and_sparse_vectors():
     ids = np.array([f"id{k:02d}" for k in range(30)], dtype=object)
     dense = threshold_pairs(ids, vectors, 0.5)
     sparse = threshold_pairs(ids, sp.csr_matrix(vectors.astype(np.float64)), 0.5)
-    assert set(zip(dense[0], dense[1])) == set(zip(sparse[0], sparse[1]))
-    expected = {
-        (ids[i], ids[j])
-        for i in range(30)
-        for j in range(i + 1, 30)
-        if float(vectors[i] @ vectors[j]) >= 0.5
-    }
-    assert set(zip(sparse[0], sparse[1])) == expected
-    assert all(a < b for a, b in zip(dense[0], dense[1]))
+    assert set(zip(dense[0], dense[1], strict=True)) == set(zip(sparse[0], sparse[1], strict=True))
+    expected = {(ids[i], ids[j]) for i in range(30) for j in range(i + 1, 30) if float(vectors[i] @ vectors[j]) >= 0.5}
+    assert set(zip(sparse[0], sparse[1], strict=True)) == expected
+    assert all(a < b for a, b in zip(dense[0], dense[1], strict=True))

@@ -6,8 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from encoder.model import compute_model_version
-from jobs.config import load_config
+from config import load_config
+from encoder.factory import compute_model_version
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -42,11 +42,7 @@ def test_compared_rows_are_the_pure_trained_and_the_zero_shot_encoder():
 
 def test_committed_records_have_the_documented_shape():
     records = json.loads((RESULTS / "quality.json").read_text())
-    assert records and all(
-        set(r) == {"dataset", "task", "method", "metric", "value", "n"} for r in records
-    )
+    assert records and all(set(r) == {"dataset", "task", "method", "metric", "value", "n"} for r in records)
     readme = (ROOT / "bench" / "README.md").read_text()
     for dataset, task in {(r["dataset"], r["task"]) for r in records}:
         assert f"#### {dataset} · {task} " in readme
-
-

@@ -94,8 +94,7 @@ def test_every_duplicate_group_has_two_members_in_one_supplier():
     for key, members in groups.items():
         assert len(members) >= 2, key
     suppliers = {s for s, _ in groups}
-    assert suppliers == {"google-products", "amazon", "buy", "abt", "grocer-north",
-                         "grocer-south"}
+    assert suppliers == {"google-products", "amazon", "buy", "abt", "grocer-north", "grocer-south"}
 
 
 def test_some_duplicates_arrive_on_different_days(days):
@@ -125,8 +124,7 @@ def test_images_present_on_some_rows_and_decode(days):
 
 def test_listing_ids_unique_per_day_except_the_fault_row(days):
     quarantine = read_csv(EXAMPLES / "ground_truth" / "quarantine.csv")
-    allowed = {(q["run_date"], q["listing_id"]) for q in quarantine
-               if q["rule"] == "listing_id_unique"}
+    allowed = {(q["run_date"], q["listing_id"]) for q in quarantine if q["rule"] == "listing_id_unique"}
     assert allowed
     for day, rows in days.items():
         counts = collections.Counter(row["listing_id"] for row in rows)
@@ -136,8 +134,7 @@ def test_listing_ids_unique_per_day_except_the_fault_row(days):
 
 def test_quarantine_rows_break_their_rule(days):
     quarantine = read_csv(EXAMPLES / "ground_truth" / "quarantine.csv")
-    assert {q["rule"] for q in quarantine} == {
-        "supplier_id_not_null", "title_or_image_present", "listing_id_unique"}
+    assert {q["rule"] for q in quarantine} == {"supplier_id_not_null", "title_or_image_present", "listing_id_unique"}
     for q in quarantine:
         rows = [r for r in days[q["run_date"]] if r["listing_id"] == q["listing_id"]]
         assert rows, q
@@ -166,8 +163,7 @@ def test_day3_update_and_deletion(days):
 
 
 def test_total_size_within_budget():
-    total = sum(p.stat().st_size for p in EXAMPLES.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts)
+    total = sum(p.stat().st_size for p in EXAMPLES.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert total <= MAX_TOTAL_BYTES, total
 
 
@@ -175,8 +171,16 @@ def test_builder_is_deterministic(tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"../shared/datasets not present: cannot rebuild the sample ({SHARED})")
     subprocess.run(
-        [sys.executable, str(EXAMPLES / "build_samples.py"), "--shared", str(SHARED),
-         "--out", str(tmp_path), "--log-level", "WARNING"],
+        [
+            sys.executable,
+            str(EXAMPLES / "build_samples.py"),
+            "--shared",
+            str(SHARED),
+            "--out",
+            str(tmp_path),
+            "--log-level",
+            "WARNING",
+        ],
         check=True,
     )
     for day in DAYS:

@@ -36,14 +36,17 @@ def test_two_dates_at_once_both_finish_one_waits(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "jobs" / "validate.py"), "--run-date", day,
-             "--config", str(config)],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, str(REPO / "jobs" / "validate.py"), "--run-date", day, "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for day in DAYS
     ]
     outputs = [proc.communicate(timeout=900)[0] for proc in procs]
-    for day, proc, out in zip(DAYS, procs, outputs):
+    for day, proc, out in zip(DAYS, procs, outputs, strict=True):
         assert proc.returncode == 0, f"validate {day} failed (rc {proc.returncode}):\n{out[-3000:]}"
         assert "Another instance of Derby" not in out
     assert sum("waiting for it to finish" in out for out in outputs) == 1

@@ -27,33 +27,32 @@ REPO = Path(__file__).resolve().parents[2]
 DAY = "2024-03-01"
 
 WRITER = textwrap.dedent(
-    """
+    f"""
     import sys
-    from jobs.config import load_config
+    from config import load_config
     from jobs.spark import build_spark
     from jobs.warehouse import replace_partition
 
     root, version, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    config = load_config(None, {
+    config = load_config(None, {{
         "paths.warehouse_dir": root + "/warehouse", "paths.metastore_dir": root + "/metastore",
         "spark.master": "local[2]", "spark.shuffle_partitions": "2",
-    }, environ={})
+    }}, environ={{}})
     spark = build_spark(config, "fault-writer")
     frame = spark.range(rows).selectExpr(
         "'s1' AS supplier_id",
         "concat('a', lpad(cast(id AS string), 9, '0')) AS listing_id_l",
         "concat('b', lpad(cast(id AS string), 9, '0')) AS listing_id_r",
-        f"cast({version} / 10.0 AS float) AS similarity_m",
+        f"cast({{version}} / 10.0 AS float) AS similarity_m",
         "cast(NULL AS float) AS similarity_t",
         "cast(NULL AS float) AS similarity_i",
-        f"'v{version}' AS model_version",
-        "'%s' AS run_date",
+        f"'v{{version}}' AS model_version",
+        "'{DAY}' AS run_date",
     )
-    written = replace_partition(spark, frame, "dedup", "pairs", {"run_date": "%s"})
-    print(f"WROTE {written}", flush=True)
+    written = replace_partition(spark, frame, "dedup", "pairs", {{"run_date": "{DAY}"}})
+    print(f"WROTE {{written}}", flush=True)
     spark.stop()
     """
-    % (DAY, DAY)
 )
 
 
@@ -61,8 +60,13 @@ def _write(root: Path, version: int, rows: int, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(root), str(version), str(rows)],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, **kwargs,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
     )
 
 
@@ -79,7 +83,7 @@ def _partition(root: Path) -> dict[str, int]:
         return {}
     table = ds.dataset(folder, format="parquet").to_table(columns=["model_version"])
     counts = table.group_by("model_version").aggregate([("model_version", "count")]).to_pydict()
-    return dict(zip(counts["model_version"], counts["model_version_count"]))
+    return dict(zip(counts["model_version"], counts["model_version_count"], strict=True))
 
 
 def _staging_dirs(root: Path) -> list[Path]:
@@ -95,9 +99,7 @@ def test_killed_write_leaves_the_old_partition_and_the_retry_completes(tmp_path)
     proc = _write(tmp_path, 2, big)
     deadline = time.monotonic() + 300
     while not _staging_dirs(tmp_path):
-        assert proc.poll() is None, "the writer finished before it could be killed:\n" + (
-            proc.stdout.read()[-3000:]
-        )
+        assert proc.poll() is None, "the writer finished before it could be killed:\n" + (proc.stdout.read()[-3000:])
         assert time.monotonic() < deadline, "no staging directory appeared within 300 s"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Python workers, mid-write

@@ -14,13 +14,13 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from jobs.errors import DedupError
+from config.errors import DedupError
 from schemas.expectations import OUTPUT_RULES
 from schemas.tables import EMBEDDINGS, GROUP_MEMBERS, GROUPS, PAIRS, to_ddl
 
 pytestmark = pytest.mark.spark
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DIM = 4
 RUN_DATE = "2024-05-01"
 
@@ -30,14 +30,22 @@ def _unit(*values: float) -> list[float]:
     return (v / np.linalg.norm(v)).tolist()
 
 
-def _embedding(listing_id, emb_m=None, emb_t=None, emb_i=None, has_text=True, has_image=False,
-               deleted=False, supplier_id="s1"):
+def _embedding(
+    listing_id, emb_m=None, emb_t=None, emb_i=None, has_text=True, has_image=False, deleted=False, supplier_id="s1"
+):
     return {
-        "listing_id": listing_id, "supplier_id": supplier_id,
-        "updated_at": dt.datetime(2024, 5, 1, tzinfo=UTC), "is_deleted": deleted,
-        "has_text": has_text, "has_image": has_image, "image_error": None,
-        "emb_m": emb_m, "emb_t": emb_t, "emb_i": emb_i,
-        "model_version": None if deleted else "v1", "run_date": RUN_DATE,
+        "listing_id": listing_id,
+        "supplier_id": supplier_id,
+        "updated_at": dt.datetime(2024, 5, 1, tzinfo=UTC),
+        "is_deleted": deleted,
+        "has_text": has_text,
+        "has_image": has_image,
+        "image_error": None,
+        "emb_m": emb_m,
+        "emb_t": emb_t,
+        "emb_i": emb_i,
+        "model_version": None if deleted else "v1",
+        "run_date": RUN_DATE,
     }
 
 
@@ -45,17 +53,23 @@ def _good_embeddings() -> list[dict]:
     return [
         _embedding("text-only", _unit(1, 1, 0, 0), _unit(1, 1, 0, 0), [0.0] * DIM),
         _embedding("with-image", _unit(1, 0, 1, 0), _unit(1, 0, 0, 0), _unit(0, 0, 1, 0), has_image=True),
-        _embedding("image-only", _unit(0, 0, 1, 1), [0.0] * DIM, _unit(0, 0, 1, 1), has_text=False,
-                   has_image=True),
+        _embedding("image-only", _unit(0, 0, 1, 1), [0.0] * DIM, _unit(0, 0, 1, 1), has_text=False, has_image=True),
         _embedding("tombstone", deleted=True, has_text=False),  # null vectors: exempt
         _embedding("not-embeddable", has_text=False),  # null vectors: exempt
     ]
 
 
 def _pair(left, right, similarity_m=0.9, similarity_t=0.8, similarity_i=None, supplier_id="s1"):
-    return {"supplier_id": supplier_id, "listing_id_l": left, "listing_id_r": right,
-            "similarity_m": similarity_m, "similarity_t": similarity_t, "similarity_i": similarity_i,
-            "model_version": "v1", "run_date": RUN_DATE}
+    return {
+        "supplier_id": supplier_id,
+        "listing_id_l": left,
+        "listing_id_r": right,
+        "similarity_m": similarity_m,
+        "similarity_t": similarity_t,
+        "similarity_i": similarity_i,
+        "model_version": "v1",
+        "run_date": RUN_DATE,
+    }
 
 
 SUPPLIERS = [("a", "s1"), ("b", "s1"), ("c", "s1"), ("x", "s2"), ("y", "s2")]
@@ -66,13 +80,25 @@ def _good_pairs() -> list[dict]:
 
 
 def _group(group_id, size=2, supplier_id="s1"):
-    return {"supplier_id": supplier_id, "group_id": group_id, "size": size, "weakest_similarity": 0.8,
-            "strongest_similarity": 0.9, "representative": "a", "run_date": RUN_DATE}
+    return {
+        "supplier_id": supplier_id,
+        "group_id": group_id,
+        "size": size,
+        "weakest_similarity": 0.8,
+        "strongest_similarity": 0.9,
+        "representative": "a",
+        "run_date": RUN_DATE,
+    }
 
 
 def _member(group_id, listing_id, supplier_id="s1", is_new=True):
-    return {"supplier_id": supplier_id, "group_id": group_id, "listing_id": listing_id, "is_new": is_new,
-            "run_date": RUN_DATE}
+    return {
+        "supplier_id": supplier_id,
+        "group_id": group_id,
+        "listing_id": listing_id,
+        "is_new": is_new,
+        "run_date": RUN_DATE,
+    }
 
 
 def _good_groups() -> list[dict]:
@@ -80,13 +106,17 @@ def _good_groups() -> list[dict]:
 
 
 def _good_members() -> list[dict]:
-    return [_member("g1", "a"), _member("g1", "b"), _member("g1", "c", is_new=False),
-            _member("g2", "x", "s2"), _member("g2", "y", "s2")]
+    return [
+        _member("g1", "a"),
+        _member("g1", "b"),
+        _member("g1", "c", is_new=False),
+        _member("g2", "x", "s2"),
+        _member("g2", "y", "s2"),
+    ]
 
 
 SCHEMAS = {"embeddings": EMBEDDINGS, "pairs": PAIRS, "groups": GROUPS, "group_members": GROUP_MEMBERS}
-GOOD = {"embeddings": _good_embeddings, "pairs": _good_pairs, "groups": _good_groups,
-        "group_members": _good_members}
+GOOD = {"embeddings": _good_embeddings, "pairs": _good_pairs, "groups": _good_groups, "group_members": _good_members}
 
 
 def _frame(spark, table: str, rows: list[dict]):
@@ -114,10 +144,10 @@ def test_good_output_passes_every_rule(spark, table):
 # --- each rule: a frame that breaks it fails with the rule and the offending id -----------------
 
 _bad_norm = _good_embeddings()[:1] + [_embedding("long-m", [1.0, 1.0, 0.0, 0.0], _unit(1, 0, 0, 0), [0.0] * DIM)]
-_bad_zero = _good_embeddings()[:1] + [_embedding("stray-i", _unit(1, 0, 0, 0), _unit(1, 0, 0, 0),
-                                                 _unit(0, 1, 0, 0), has_image=False)]
-_bad_nan = _good_embeddings()[:1] + [_embedding("nan-t", _unit(1, 0, 0, 0), [float("nan"), 0.0, 0.0, 0.0],
-                                                [0.0] * DIM)]
+_bad_zero = _good_embeddings()[:1] + [
+    _embedding("stray-i", _unit(1, 0, 0, 0), _unit(1, 0, 0, 0), _unit(0, 1, 0, 0), has_image=False)
+]
+_bad_nan = _good_embeddings()[:1] + [_embedding("nan-t", _unit(1, 0, 0, 0), [float("nan"), 0.0, 0.0, 0.0], [0.0] * DIM)]
 _bad_size = _good_embeddings()[:1] + [_embedding("short-t", _unit(1, 0, 0, 0), _unit(1, 0, 0), [0.0] * DIM)]
 _bad_supplier = _good_pairs() + [_pair("a", "x")]  # x belongs to s2
 _bad_unknown = _good_pairs() + [_pair("a", "ghost")]  # ghost is in no catalogue
@@ -179,22 +209,19 @@ def test_checks_need_their_inputs(spark):
 def test_encoder_dims_match_the_encoder():
     from types import SimpleNamespace
 
-    from encoder.config import ENCODER_KINDS, EncoderConfig
+    from encoder.config import ENCODER_KINDS, KIND_DIMS, SSPR_DIM, EncoderConfig, vector_dim
     from encoder.image import IMAGE_DIM
     from encoder.text import TEXT_DIM
-    from jobs.embed import ENCODER_DIMS, encoder_dim
 
-    assert set(ENCODER_DIMS) == set(ENCODER_KINDS)
+    assert set(KIND_DIMS) == set(ENCODER_KINDS)
     zero_shot = EncoderConfig(kind="zero-shot")
-    assert encoder_dim(zero_shot) == TEXT_DIM + IMAGE_DIM == 1664  # encoder/model.py: [text | image]
-    from encoder.sspr import SSPR_DIM
-
-    assert encoder_dim(EncoderConfig(kind="sspr")) == SSPR_DIM
+    assert vector_dim(zero_shot) == TEXT_DIM + IMAGE_DIM == 1664  # encoder/zero_shot.py: [text | image]
+    assert vector_dim(EncoderConfig(kind="sspr")) == SSPR_DIM
     # a hybrid appends the lexical columns (encoder/hybrid.py)
     hybrid = EncoderConfig(kind="sspr", lexical_weight=0.2, lexical_buckets=100)
-    assert encoder_dim(hybrid) == SSPR_DIM + 100
-    with pytest.raises(DedupError, match="no vector width known"):
-        encoder_dim(SimpleNamespace(kind="not-a-kind", lexical_weight=0.0, lexical_buckets=0))
+    assert vector_dim(hybrid) == SSPR_DIM + 100
+    with pytest.raises(ValueError, match="no vector width known"):
+        vector_dim(SimpleNamespace(kind="not-a-kind", lexical_weight=0.0, lexical_buckets=0))
 
 
 # --- publish: nothing is written unless every output passes --------------------------------------
@@ -211,15 +238,21 @@ def test_failed_check_leaves_the_published_partition_untouched(spark, pipeline_c
 
     database, partition = pipeline_config.warehouse.database, {"run_date": RUN_DATE}
     suppliers = spark.createDataFrame(SUPPLIERS, "listing_id STRING, supplier_id STRING")
-    written = publish(spark, {"pairs": _frame(spark, "pairs", _good_pairs())}, database, partition,
-                      listing_suppliers=suppliers)
+    written = publish(
+        spark, {"pairs": _frame(spark, "pairs", _good_pairs())}, database, partition, listing_suppliers=suppliers
+    )
     assert written == {"pairs": 3}
     before = _partition_rows(spark, pipeline_config, "pairs", RUN_DATE)
     assert len(before) == 3
 
     with pytest.raises(DedupError) as raised:
-        publish(spark, {"pairs": _frame(spark, "pairs", [_pair("a", "x")])}, database, partition,
-                listing_suppliers=suppliers)
+        publish(
+            spark,
+            {"pairs": _frame(spark, "pairs", [_pair("a", "x")])},
+            database,
+            partition,
+            listing_suppliers=suppliers,
+        )
     message = str(raised.value)
     assert "table pairs" in message and "pair_within_one_supplier" in message and "listing_id_r=x" in message
     assert "nothing was written" in message
@@ -239,18 +272,30 @@ def test_a_failing_second_table_keeps_the_first_unwritten_too(spark, pipeline_co
     database, partition = pipeline_config.warehouse.database, {"run_date": run_date}
     old_groups = [dict(r, run_date=run_date) for r in _good_groups()]
     old_members = [dict(r, run_date=run_date) for r in _good_members()]
-    publish(spark, {"groups": _frame(spark, "groups", old_groups),
-                    "group_members": _frame(spark, "group_members", old_members)}, database, partition)
+    publish(
+        spark,
+        {"groups": _frame(spark, "groups", old_groups), "group_members": _frame(spark, "group_members", old_members)},
+        database,
+        partition,
+    )
     before = {t: _partition_rows(spark, pipeline_config, t, run_date) for t in ("groups", "group_members")}
     assert len(before["groups"]) == 2 and len(before["group_members"]) == 5
 
     # The rerun's groups are fine (different from the old ones), its members put "a" in two groups.
     new_groups = [dict(_group("g9", 2), run_date=run_date), dict(_group("g8", 2), run_date=run_date)]
-    bad_members = [dict(_member(g, i), run_date=run_date) for g, i in
-                   (("g9", "a"), ("g9", "b"), ("g8", "a"), ("g8", "c"))]
+    bad_members = [
+        dict(_member(g, i), run_date=run_date) for g, i in (("g9", "a"), ("g9", "b"), ("g8", "a"), ("g8", "c"))
+    ]
     with pytest.raises(DedupError) as raised:
-        publish(spark, {"groups": _frame(spark, "groups", new_groups),
-                        "group_members": _frame(spark, "group_members", bad_members)}, database, partition)
+        publish(
+            spark,
+            {
+                "groups": _frame(spark, "groups", new_groups),
+                "group_members": _frame(spark, "group_members", bad_members),
+            },
+            database,
+            partition,
+        )
     message = str(raised.value)
     assert "table group_members" in message and "group_member_unique" in message and "listing_id=a" in message
     after = {t: _partition_rows(spark, pipeline_config, t, run_date) for t in ("groups", "group_members")}

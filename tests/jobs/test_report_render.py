@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jobs.config import load_config
+from config import load_config
 from jobs.report import make_thumbnail, publish_report, render_review_page
 from jobs.summary import format_summary, main
 
@@ -26,11 +27,25 @@ def _jpeg(size=(320, 200), color=(200, 30, 30)) -> bytes:
     return out.getvalue()
 
 
-def _metrics(rows_in: int, valid: int, quarantined: int, embedded: int, skipped: int, pairs: int, groups: int,
-             rules: dict[str, int] | None = None) -> dict:
+def _metrics(
+    rows_in: int,
+    valid: int,
+    quarantined: int,
+    embedded: int,
+    skipped: int,
+    pairs: int,
+    groups: int,
+    rules: dict[str, int] | None = None,
+) -> dict:
     def m(rows_in, rows_out, q=0, s=0, details=None):
-        return {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": q, "rows_skipped": s,
-                "seconds": 1.25, "details": details or {}}
+        return {
+            "rows_in": rows_in,
+            "rows_out": rows_out,
+            "rows_quarantined": q,
+            "rows_skipped": s,
+            "seconds": 1.25,
+            "details": details or {},
+        }
 
     return {
         "validate": m(rows_in, valid, quarantined, details={"quarantined_by_rule": rules or {}}),
@@ -41,17 +56,33 @@ def _metrics(rows_in: int, valid: int, quarantined: int, embedded: int, skipped:
 
 
 def _member(listing_id, title, *, price=9.5, is_new=False, has_image=False, brand="Acme"):
-    return {"listing_id": listing_id, "title": title, "brand": brand, "price": price, "currency": "EUR",
-            "is_new": is_new, "has_image": has_image}
+    return {
+        "listing_id": listing_id,
+        "title": title,
+        "brand": brand,
+        "price": price,
+        "currency": "EUR",
+        "is_new": is_new,
+        "has_image": has_image,
+    }
 
 
 def _group(group_id, supplier_id, members, weakest=0.9012, strongest=0.99):
     ids = [m["listing_id"] for m in members]
-    pairs = [{"listing_id_l": a, "listing_id_r": b, "similarity_m": 0.95, "similarity_t": None, "similarity_i": 0.91}
-             for a, b in zip(ids, ids[1:])]
-    return {"supplier_id": supplier_id, "group_id": group_id, "size": len(members),
-            "weakest_similarity": weakest, "strongest_similarity": strongest, "representative": ids[0],
-            "members": members, "pairs": pairs}
+    pairs = [
+        {"listing_id_l": a, "listing_id_r": b, "similarity_m": 0.95, "similarity_t": None, "similarity_i": 0.91}
+        for a, b in itertools.pairwise(ids)
+    ]
+    return {
+        "supplier_id": supplier_id,
+        "group_id": group_id,
+        "size": len(members),
+        "weakest_similarity": weakest,
+        "strongest_similarity": strongest,
+        "representative": ids[0],
+        "members": members,
+        "pairs": pairs,
+    }
 
 
 def _report(run_date, groups, metrics, database="dedup") -> dict:
@@ -59,8 +90,11 @@ def _report(run_date, groups, metrics, database="dedup") -> dict:
     return {
         "run_date": run_date,
         "generated_at": "2024-03-02T01:00:00+00:00",
-        "warehouse": {"database": database, "warehouse_dir": "/w",
-                      "tables": [f"{database}.{t}" for t in ("listings", "pairs", "groups")]},
+        "warehouse": {
+            "database": database,
+            "warehouse_dir": "/w",
+            "tables": [f"{database}.{t}" for t in ("listings", "pairs", "groups")],
+        },
         "metrics": metrics,
         "groups_total": len(groups),
         "groups": groups,
@@ -99,8 +133,9 @@ def test_review_page_thumbnails(hostile_report):
     page = render_review_page(hostile_report, {BOLD_ID: _jpeg(), "L-2": b"\xff\xd8\xff not really a jpeg"})
     assert page.count("data:image/jpeg;base64,") == 1  # only the real JPEG
     assert page.count("no image") == 2  # corrupt bytes and no bytes at all
-    row_of = {lid: next(line for line in page.splitlines() if lid in line)
-              for lid in ("&lt;b&gt;L-1&lt;/b&gt;", "L-2", "L-3")}
+    row_of = {
+        lid: next(line for line in page.splitlines() if lid in line) for lid in ("&lt;b&gt;L-1&lt;/b&gt;", "L-2", "L-3")
+    }
     assert "data:image/jpeg;base64," in row_of["&lt;b&gt;L-1&lt;/b&gt;"]
     assert "no image" in row_of["L-2"]
     assert "no image" in row_of["L-3"]
@@ -194,8 +229,9 @@ def two_reports():
         "2024-03-02",
         [
             _group("g-mid", "s2", [_member(f"b{i}", f"Blue vase {i}") for i in range(3)], weakest=0.91),
-            _group("g-big", "s3", [_member(f"c{i}", None if i == 0 else f"Lamp {i}") for i in range(5)],
-                   weakest=0.8876),
+            _group(
+                "g-big", "s3", [_member(f"c{i}", None if i == 0 else f"Lamp {i}") for i in range(5)], weakest=0.8876
+            ),
         ],
         _metrics(33, 33, 0, 31, 2, 12, 2),
     )
@@ -216,7 +252,7 @@ def test_format_summary_biggest_group_first(two_reports):
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("biggest groups"))
     assert lines[start] == "biggest groups (of 3):"
-    group_lines = [line.strip() for line in lines[start + 1:] if line.startswith("  2024-")]
+    group_lines = [line.strip() for line in lines[start + 1 :] if line.startswith("  2024-")]
     assert [line.split()[2].rstrip(":") for line in group_lines] == ["g-big", "g-mid", "g-small"]
     assert group_lines[0] == "2024-03-02 s3 g-big: 5 listings, weakest link 0.888"
     assert "(no title)" in text

@@ -11,13 +11,13 @@ import datetime as dt
 
 import pytest
 
-from jobs.config import SamplingConfig, load_config
-from jobs.errors import DedupError
+from config import SamplingConfig, load_config
+from config.errors import DedupError
 from jobs.sample_pairs import REMOVAL_REASONS, main, sample_pairs
 
 pytestmark = pytest.mark.spark
 
-T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 
 LISTINGS = [
     # listing_id, title, category, updated_at (hours after T0)
@@ -59,19 +59,13 @@ def _frames(spark):
     return clicks, listings
 
 
-def _sampling(**changes) -> dict:
-    return dataclasses.asdict(
-        dataclasses.replace(
-            SamplingConfig(category_level=1, min_relevance=0.5, max_pairs_per_trigger=2), **changes
-        )
-    )
+def _sampling(**changes) -> SamplingConfig:
+    return dataclasses.replace(SamplingConfig(category_level=1, min_relevance=0.5, max_pairs_per_trigger=2), **changes)
 
 
 def test_each_constraint_removes_its_clicks_and_everything_is_counted(spark, pipeline_config):
     clicks, listings = _frames(spark)
-    pairs, counts = sample_pairs(
-        clicks, listings, _sampling(), dataclasses.asdict(pipeline_config.encoder)
-    )
+    pairs, counts = sample_pairs(clicks, listings, _sampling())
     expected = {reason: 0 for reason in REMOVAL_REASONS}
     for *_, fate in CLICKS:
         if fate != "kept":
@@ -88,10 +82,7 @@ def test_each_constraint_removes_its_clicks_and_everything_is_counted(spark, pip
 
 def test_deeper_category_level_and_no_cap(spark, pipeline_config):
     clicks, listings = _frames(spark)
-    _, counts = sample_pairs(
-        clicks, listings, _sampling(category_level=2, max_pairs_per_trigger=10),
-        dataclasses.asdict(pipeline_config.encoder),
-    )
+    _, counts = sample_pairs(clicks, listings, _sampling(category_level=2, max_pairs_per_trigger=10))
     # level 2: A (electronics > phones) vs C (electronics > cables) now mismatches, and H has a
     # one-level path (too short to compare) -> mismatch; nothing is capped
     assert counts["category_mismatch"] == 4
@@ -104,8 +95,7 @@ def test_deeper_category_level_and_no_cap(spark, pipeline_config):
 def test_missing_click_columns_are_named(spark, pipeline_config):
     clicks, listings = _frames(spark)
     with pytest.raises(DedupError, match=r"\['event_time'\]"):
-        sample_pairs(clicks.drop("event_time"), listings, _sampling(),
-                     dataclasses.asdict(pipeline_config.encoder))
+        sample_pairs(clicks.drop("event_time"), listings, _sampling())
 
 
 def test_command_line_writes_pairs(spark, pipeline_config, tmp_path):
@@ -115,15 +105,76 @@ def test_command_line_writes_pairs(spark, pipeline_config, tmp_path):
     config = tmp_path / "sspr.toml"
     paths = dataclasses.asdict(pipeline_config.paths)
     config.write_text(
-        "[paths]\n" + "".join(f'{k} = "{v}"\n' for k, v in paths.items())
+        "[paths]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in paths.items())
         + '[spark]\nmaster = "local[2]"\n[encoder]\nnum_threads = 1\n'
         + "[sampling]\ncategory_level = 1\nmax_pairs_per_trigger = 2\n"
     )
     load_config(config)  # the file itself is valid
     out = tmp_path / "pairs"
-    assert main(["--clicks", str(tmp_path / "clicks"), "--listings", str(tmp_path / "listings"),
-                 "--out", str(out), "--config", str(config)]) == 0
+    assert (
+        main(
+            [
+                "--clicks",
+                str(tmp_path / "clicks"),
+                "--listings",
+                str(tmp_path / "listings"),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
     written = spark.read.parquet(str(out))
     assert written.count() == 3
-    assert main(["--clicks", "x", "--listings", "y", "--out", str(out), "--config",
-                 str(config), "--set", "sampling.max_pairs_per_trigger=0"]) == 2
+    assert (
+        main(
+            [
+                "--clicks",
+                "x",
+                "--listings",
+                "y",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--set",
+                "sampling.max_pairs_per_trigger=0",
+            ]
+        )
+        == 2
+    )
+
+
+def test_readme_command_runs_on_the_shipped_config(spark, tmp_path):
+    """The README's sample_pairs command, as written, on conf/sspr.toml (kind sspr, weights set)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    command = re.search(r"^python (jobs/sample_pairs\.py .*)$", readme, re.MULTILINE)
+    assert command, "README.md has no sample_pairs command line"
+    argv = command.group(1).split()
+    assert argv[argv.index("--config") + 1] == "conf/sspr.toml"
+    clicks, listings = _frames(spark)
+    clicks.write.parquet(str(tmp_path / "clicks"))
+    listings.write.parquet(str(tmp_path / "listings"))
+    for flag, folder in (("--clicks", "clicks"), ("--listings", "listings"), ("--out", "pairs")):
+        argv[argv.index(flag) + 1] = str(tmp_path / folder)
+    env = {
+        **os.environ,
+        "SSPR__SPARK__MASTER": "local[1]",
+        **{f"SSPR__PATHS__{k.upper()}": str(tmp_path / k) for k in ("warehouse_dir", "metastore_dir")},
+    }
+    proc = subprocess.run(
+        [sys.executable, *argv], check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the shipped cap (10) keeps A-G too: A-B, A-H, A-G, G-B
+    assert spark.read.parquet(str(tmp_path / "pairs")).count() == 4

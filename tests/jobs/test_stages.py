@@ -22,18 +22,24 @@ from schemas.tables import LISTINGS, TABLES
 
 pytestmark = pytest.mark.spark
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _ctx(spark, config, stage: str, run_date: str) -> StageContext:
-    return StageContext(stage=stage, run_date=run_date, config=config, spark=spark,
-                        args=argparse.Namespace())
+    return StageContext(stage=stage, run_date=run_date, config=config, spark=spark, args=argparse.Namespace())
 
 
 def _listing(listing_id, supplier_id="s1", title="t", image=None, hour=1, deleted=False, **extra):
     row = {name: None for name in LISTINGS.names}
-    row.update(listing_id=listing_id, supplier_id=supplier_id, title=title, image=image,
-               updated_at=dt.datetime(2024, 1, 1, hour, tzinfo=UTC), is_deleted=deleted, **extra)
+    row.update(
+        listing_id=listing_id,
+        supplier_id=supplier_id,
+        title=title,
+        image=image,
+        updated_at=dt.datetime(2024, 1, 1, hour, tzinfo=UTC),
+        is_deleted=deleted,
+        **extra,
+    )
     return row
 
 
@@ -81,8 +87,12 @@ def test_validate_quarantines_with_rule_names_and_accounts_for_every_row(spark, 
     assert result.rows_in == result.rows_out + result.rows_quarantined
     quarantine = _check_contract(pipeline_config, "quarantine", day).to_pylist()
     rules = sorted((r["listing_id"], r["rule"]) for r in quarantine)
-    assert rules == [(" ", "listing_id_not_blank"), ("b", "supplier_id_not_null"),
-                     ("c", "title_or_image_present"), ("e", "listing_id_unique")]
+    assert rules == [
+        (" ", "listing_id_not_blank"),
+        ("b", "supplier_id_not_null"),
+        ("c", "title_or_image_present"),
+        ("e", "listing_id_unique"),
+    ]
     kept = _check_contract(pipeline_config, "listings", day).to_pylist()
     assert sorted(r["listing_id"] for r in kept) == ["a", "d", "e"]
     assert [r["price"] for r in kept if r["listing_id"] == "e"] == [2.0]
@@ -96,8 +106,14 @@ def test_validate_quarantines_a_late_replay_of_an_older_version(spark, pipeline_
     root = Path(pipeline_config.paths.listings_root)
     d1, d2, d3 = "2024-06-11", "2024-06-12", "2024-06-13"
     _write_day(root, d1, [_listing("late-x", title="v2 newest", hour=9)])
-    _write_day(root, d2, [_listing("late-x", title="v1 replayed", hour=3),  # older than d1's
-                          _listing("late-y", title="new on d2", hour=1)])
+    _write_day(
+        root,
+        d2,
+        [
+            _listing("late-x", title="v1 replayed", hour=3),  # older than d1's
+            _listing("late-y", title="new on d2", hour=1),
+        ],
+    )
     _write_day(root, d3, [_listing("late-x", title="v3 newer", hour=10)])
     validate.run(_ctx(spark, pipeline_config, "validate", d1))
     for _ in range(2):  # a rerun of d2 gives the same result
@@ -116,8 +132,8 @@ def test_validate_quarantines_a_late_replay_of_an_older_version(spark, pipeline_
 
 
 def test_validate_rejects_a_file_missing_a_required_column(spark, pipeline_config, tmp_path):
+    from config.errors import DedupError
     from jobs import validate
-    from jobs.errors import DedupError
 
     folder = tmp_path / "dt=2024-01-09"
     folder.mkdir()
@@ -141,14 +157,18 @@ def _unit(v):
 
 def _embedding(listing_id, supplier_id, vector, run_date, image=None, deleted=False, version="v1"):
     return {
-        "listing_id": listing_id, "supplier_id": supplier_id,
-        "updated_at": dt.datetime(2024, 1, 1, tzinfo=UTC), "is_deleted": deleted,
-        "has_text": not deleted, "has_image": image is not None,
+        "listing_id": listing_id,
+        "supplier_id": supplier_id,
+        "updated_at": dt.datetime(2024, 1, 1, tzinfo=UTC),
+        "is_deleted": deleted,
+        "has_text": not deleted,
+        "has_image": image is not None,
         "image_error": None,
         "emb_m": None if deleted else _unit(vector),
         "emb_t": None if deleted else _unit(vector),
         "emb_i": None if deleted else (_unit(image) if image is not None else [0.0] * len(vector)),
-        "model_version": None if deleted else version, "run_date": run_date,
+        "model_version": None if deleted else version,
+        "run_date": run_date,
     }
 
 
@@ -164,18 +184,28 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     from jobs import groups, pairs
 
     d1, d2 = "2024-02-01", "2024-02-02"
-    _write_embeddings(spark, pipeline_config, d1, [
-        _embedding("old-a", "s1", [1, 0, 0, 0], d1, image=[1, 1, 0, 0]),
-        _embedding("old-gone", "s1", [0, 1, 0, 0], d1),
-        _embedding("other-supplier", "s2", [1, 0, 0, 0], d1),
-    ])
-    _write_embeddings(spark, pipeline_config, d2, [
-        _embedding("new-a", "s1", [1, 0.05, 0, 0], d2, image=[1, 0.9, 0, 0]),   # near old-a
-        _embedding("new-a2", "s1", [1, 0.1, 0, 0], d2),                        # near both, no image
-        _embedding("new-b", "s1", [0, 0, 1, 0], d2),                          # alone
-        _embedding("old-gone", "s1", [0, 1, 0, 0], d2, deleted=True),         # leaves the catalogue
-        _embedding("new-gone-twin", "s1", [0, 1, 0.01, 0], d2),               # its twin was deleted
-    ])
+    _write_embeddings(
+        spark,
+        pipeline_config,
+        d1,
+        [
+            _embedding("old-a", "s1", [1, 0, 0, 0], d1, image=[1, 1, 0, 0]),
+            _embedding("old-gone", "s1", [0, 1, 0, 0], d1),
+            _embedding("other-supplier", "s2", [1, 0, 0, 0], d1),
+        ],
+    )
+    _write_embeddings(
+        spark,
+        pipeline_config,
+        d2,
+        [
+            _embedding("new-a", "s1", [1, 0.05, 0, 0], d2, image=[1, 0.9, 0, 0]),  # near old-a
+            _embedding("new-a2", "s1", [1, 0.1, 0, 0], d2),  # near both, no image
+            _embedding("new-b", "s1", [0, 0, 1, 0], d2),  # alone
+            _embedding("old-gone", "s1", [0, 1, 0, 0], d2, deleted=True),  # leaves the catalogue
+            _embedding("new-gone-twin", "s1", [0, 1, 0.01, 0], d2),  # its twin was deleted
+        ],
+    )
     config = pipeline_config
     result = pairs.run(_ctx(spark, config, "pairs", d2))
     found = _check_contract(config, "pairs", d2).to_pylist()
@@ -184,7 +214,8 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     assert all(p["supplier_id"] == "s1" for p in found)
     by_pair = {(p["listing_id_l"], p["listing_id_r"]): p for p in found}
     assert by_pair[("new-a", "old-a")]["similarity_i"] == pytest.approx(
-        float(np.dot(_unit([1, 0.9, 0, 0]), _unit([1, 1, 0, 0]))), abs=1e-5)
+        float(np.dot(_unit([1, 0.9, 0, 0]), _unit([1, 1, 0, 0]))), abs=1e-5
+    )
     assert by_pair[("new-a", "new-a2")]["similarity_i"] is None  # new-a2 has no image
     assert result.rows_in == 4 and result.rows_out == 3
 
@@ -193,7 +224,10 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     members = _check_contract(config, "group_members", d2).to_pylist()
     assert len(grouped) == 1 and grouped[0]["size"] == 3
     assert sorted((m["listing_id"], m["is_new"]) for m in members) == [
-        ("new-a", True), ("new-a2", True), ("old-a", False)]
+        ("new-a", True),
+        ("new-a2", True),
+        ("old-a", False),
+    ]
     weakest = min(p["similarity_m"] for p in found)
     assert grouped[0]["weakest_similarity"] >= weakest - 1e-6
 
@@ -210,12 +244,12 @@ def test_pairs_rerun_with_higher_threshold_drops_the_old_partition_rows(spark, p
     from jobs import pairs
 
     d = "2024-03-05"
-    _write_embeddings(spark, pipeline_config, d, [
-        _embedding("x1", "s9", [1, 0, 0], d), _embedding("x2", "s9", [1, 0.3, 0], d)])
+    _write_embeddings(
+        spark, pipeline_config, d, [_embedding("x1", "s9", [1, 0, 0], d), _embedding("x2", "s9", [1, 0.3, 0], d)]
+    )
     pairs.run(_ctx(spark, pipeline_config, "pairs", d))
     assert len(_table_rows(pipeline_config, "pairs", d)) == 1
-    strict = dataclasses.replace(pipeline_config,
-                                 dedup=dataclasses.replace(pipeline_config.dedup, min_similarity=0.99))
+    strict = dataclasses.replace(pipeline_config, dedup=dataclasses.replace(pipeline_config.dedup, min_similarity=0.99))
     pairs.run(_ctx(spark, strict, "pairs", d))
     assert len(_table_rows(pipeline_config, "pairs", d)) == 0
 
@@ -271,7 +305,8 @@ def test_run_metrics_row_is_replaced_per_stage_and_matches_contract(spark, pipel
 def test_pair_similarities_stay_within_unit_range():
     import pandas as pd
 
-    from jobs.executor import find_block_pairs
+    from dedup.config import DedupConfig
+    from jobs.pairs import find_block_pairs
 
     # This seeded unit vector's float32 self-similarity rounds to 1.0000001 (checked below), so the
     # stage must clip it into the contract's [-1, 1].
@@ -281,8 +316,12 @@ def test_pair_similarities_stay_within_unit_range():
     v = raw.tolist()
     queries = pd.DataFrame({"listing_id": ["a", "b"], "emb_m": [v, v], "model_version": "v"})
     catalogue = queries.assign(emb_t=[v, v], emb_i=[v, v], has_text=True, has_image=True)
-    out = find_block_pairs(("s", 0), queries, catalogue, {
-        "min_similarity": 0.5, "max_results_per_query": 5, "backend": "faiss", "device": "cpu"})
+    out = find_block_pairs(
+        ("s", 0),
+        queries,
+        catalogue,
+        DedupConfig(min_similarity=0.5, max_results_per_query=5, backend="faiss", device="cpu"),
+    )
     assert len(out) == 1
     for column in ("similarity_m", "similarity_t", "similarity_i"):
         assert -1.0 <= out[column].iloc[0] <= 1.0

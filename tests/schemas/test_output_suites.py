@@ -25,8 +25,11 @@ def test_id_columns_are_contract_columns(table):
 
 
 def test_embeddings_suite_uses_the_given_width():
-    queries = [x.unexpected_rows_query for x in build_output_suite("embeddings", embedding_dim=1664).expectations
-               if x.meta["rule"] == "embedding_dimension"]
+    queries = [
+        x.unexpected_rows_query
+        for x in build_output_suite("embeddings", embedding_dim=1664).expectations
+        if x.meta["rule"] == "embedding_dimension"
+    ]
     assert len(queries) == 1 and "<> 1664" in queries[0]
 
 
@@ -44,6 +47,8 @@ def test_unknown_table_has_no_suite():
 def test_rule_result_describes_table_rule_count_and_examples():
     failed = RuleResult("pairs", "pair_within_one_supplier", False, 3, ("listing_id_l=a", "listing_id_l=b"))
     assert failed.describe() == (
-        "table pairs, rule pair_within_one_supplier: 3 offending rows, e.g. [listing_id_l=a; listing_id_l=b]")
+        "table pairs, rule pair_within_one_supplier: 3 offending rows, e.g. [listing_id_l=a; listing_id_l=b]"
+    )
     assert RuleResult("groups", "group_has_two_members", True, 0).describe() == (
-        "table groups, rule group_has_two_members: ok")
+        "table groups, rule group_has_two_members: ok"
+    )

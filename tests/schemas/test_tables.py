@@ -59,7 +59,7 @@ def test_to_ddl_renders_every_schema(spec: TableSpec):
     ddl = to_ddl(spec.schema)
     columns = ddl.split(", ")
     assert len(columns) == len(spec.schema.names)
-    for column, name in zip(columns, spec.schema.names):
+    for column, name in zip(columns, spec.schema.names, strict=True):
         assert column.startswith(f"`{name}` ")
 
 
@@ -129,12 +129,19 @@ def validator() -> ListingsValidator:
     return ListingsValidator()
 
 
-_TS = dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc)
+_TS = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
 _JPEG_ISH = b"\xff\xd8\xff\xe0fake"
 
 
 def _frame(rows: list[dict], index: list[int]) -> pd.DataFrame:
-    base = {"listing_id": "L", "supplier_id": "S", "title": "A title", "updated_at": _TS, "image": None, "image_uri": None}
+    base = {
+        "listing_id": "L",
+        "supplier_id": "S",
+        "title": "A title",
+        "updated_at": _TS,
+        "image": None,
+        "image_uri": None,
+    }
     return pd.DataFrame([base | row for row in rows], index=index)
 
 

@@ -2,7 +2,7 @@
 
 Every pair of two different members of one labelled cluster is a positive (trigger, offer) pair
 (the eSSPR issue: "trains from labelled clusters"). The losses (``encoder.loss``) use in-batch
-negatives only (PAPER.md §3), and random batches of product data are too easy: the untrained
+negatives only (docs/PAPER.md §3), and random batches of product data are too easy: the untrained
 model already ranks almost every in-batch positive first, so the loss is about 0 and nothing is
 learnt. The sampler therefore puts *lexically similar* clusters into the same batch:
 
@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 
@@ -48,9 +47,7 @@ logger = logging.getLogger(__name__)
 ITEM_COLUMNS: tuple[str, ...] = ("item_id", "cluster", "title", "image", "source")
 
 
-def wdc_items(
-    offers: pd.DataFrame, reserved_ids: Iterable[int]
-) -> tuple[pd.DataFrame, dict[str, int]]:
+def wdc_items(offers: pd.DataFrame, reserved_ids: Iterable[int]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Training items from WDC Products offers with their ``cluster_id``.
 
     Offers whose id is in ``reserved_ids`` (the offers of the validation and test files) are left
@@ -58,7 +55,7 @@ def wdc_items(
     fewer than two offers (they give no pair).
 
     Args:
-        offers: frame ``id, title, cluster_id`` (``evaluation.datasets.read_wdc_offers`` of
+        offers: frame ``id, title, cluster_id`` (``benchmarks.datasets.read_wdc_offers`` of
             ``("000un_train_medium",)``).
         reserved_ids: offer ids that must not be trained on (valid_medium and the gs files).
 
@@ -72,10 +69,8 @@ def wdc_items(
     """
     missing = {"id", "title", "cluster_id"} - set(offers.columns)
     if missing:
-        raise ValueError(
-            f"WDC offers need columns id, title, cluster_id; missing {sorted(missing)}"
-        )
-    reserved = set(int(x) for x in reserved_ids)
+        raise ValueError(f"WDC offers need columns id, title, cluster_id; missing {sorted(missing)}")
+    reserved = {int(x) for x in reserved_ids}
     is_reserved = offers["id"].astype("int64").isin(reserved)
     has_title = offers["title"].fillna("").astype(str).str.strip() != ""
     kept = offers[~is_reserved & has_title]
@@ -92,11 +87,11 @@ def wdc_items(
         }
     ).reset_index(drop=True)
     counts = {
-        "offers": int(len(offers)),
+        "offers": len(offers),
         "reserved_excluded": int(is_reserved.sum()),
         "untitled_excluded": int((~is_reserved & ~has_title).sum()),
         "singleton_excluded": int(len(kept) - len(pairable)),
-        "kept": int(len(items)),
+        "kept": len(items),
         "clusters": int(items["cluster"].nunique()),
     }
     return _check_items(items), counts
@@ -106,7 +101,7 @@ def grocery_items(photos: pd.DataFrame) -> pd.DataFrame:
     """Training items from the GroceryStore *train* photos: same fine class = same product.
 
     Args:
-        photos: frame ``path, split, fine_id, title`` (``evaluation.datasets.read_grocery``; the
+        photos: frame ``path, split, fine_id, title`` (``benchmarks.datasets.read_grocery``; the
             title is the constructed brand + coarse class title). Only ``split == "train"`` rows
             are used; val and test stay for evaluation.
 
@@ -118,10 +113,7 @@ def grocery_items(photos: pd.DataFrame) -> pd.DataFrame:
     """
     missing = {"path", "split", "fine_id", "title"} - set(photos.columns)
     if missing:
-        raise ValueError(
-            "GroceryStore photos need columns path, split, fine_id, title; missing "
-            f"{sorted(missing)}"
-        )
+        raise ValueError(f"GroceryStore photos need columns path, split, fine_id, title; missing {sorted(missing)}")
     train = photos[photos["split"] == "train"]
     if train.empty:
         raise ValueError("no GroceryStore train photos; check the dataset folder")
@@ -156,9 +148,7 @@ def cluster_vectors(items: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     clusters = sorted(items["cluster"].unique())
     index = {name: k for k, name in enumerate(clusters)}
     titles = items["title"].fillna("").astype(str).tolist()
-    vectorizer = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True, norm="l2"
-    )
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True, norm="l2")
     if not any(titles):
         return clusters, np.zeros((len(clusters), 1), dtype=np.float32)
     tfidf = vectorizer.fit_transform(titles)  # sparse [n_items, vocabulary]
@@ -232,24 +222,25 @@ class HardNegativeSampler:
         self.items = items[sizes >= 2].reset_index(drop=True)
         self.clusters, self._vectors = cluster_vectors(self.items)
         if len(self.clusters) < 2:
-            raise ValueError(
-                f"only {len(self.clusters)} cluster(s) with two or more items; need >= 2"
-            )
+            raise ValueError(f"only {len(self.clusters)} cluster(s) with two or more items; need >= 2")
         groups = self.items.groupby("cluster").indices
         self._members = [np.sort(groups[name]) for name in self.clusters]  # item rows per cluster
         self.batch_size = min(batch_size, len(self.clusters))
         self.batches_per_epoch = max(1, len(self.clusters) // self.batch_size)
         self.seed = seed
         self.top_k = top_k
+        self._epochs: dict[int, list[list[tuple[int, int]]]] = {}  # the last two epochs' batches
 
     def batch(self, k: int) -> list[tuple[int, int]]:
         """The k-th batch: ``(trigger_row, offer_row)`` pairs, rows of ``self.items``."""
         epoch, position = divmod(k, self.batches_per_epoch)
-        return self._epoch(epoch)[position]
+        if epoch not in self._epochs:  # consecutive steps share an epoch
+            self._epochs = {e: b for e, b in self._epochs.items() if e == epoch - 1}
+            self._epochs[epoch] = self._epoch(epoch)
+        return self._epochs[epoch][position]
 
-    @functools.lru_cache(maxsize=2)
     def _epoch(self, epoch: int) -> list[list[tuple[int, int]]]:
-        """All batches of one epoch (cached: consecutive steps share an epoch)."""
+        """All batches of one epoch."""
         rng = np.random.default_rng([self.seed, epoch])
         order = chain_order(self._vectors, rng, self.top_k)
         batches = []
@@ -273,7 +264,5 @@ def _check_items(items: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"items need columns {list(ITEM_COLUMNS)}; missing {sorted(missing)}")
     empty = items["title"].isna() & items["image"].isna()
     if empty.any():
-        raise ValueError(
-            f"{int(empty.sum())} items have neither a title nor an image; drop them first"
-        )
+        raise ValueError(f"{int(empty.sum())} items have neither a title nor an image; drop them first")
     return items

@@ -8,7 +8,7 @@ import networkx as nx
 import pandas as pd
 import pytest
 
-from evaluation.datasets import (
+from benchmarks.datasets import (
     WDC_TEST,
     WDC_VALID,
     grocery_title,
@@ -47,15 +47,10 @@ def test_within_source_groups_match_an_independent_graph_computation():
     graph = nx.Graph()
     graph.add_edges_from(("A" + a, "G" + g) for a, g in matching.matches.itertuples(index=False))
     expected = {
-        frozenset(n[1:] for n in component if n.startswith("G"))
-        for component in nx.connected_components(graph)
+        frozenset(n[1:] for n in component if n.startswith("G")) for component in nx.connected_components(graph)
     }
     expected = {g for g in expected if len(g) > 1}
-    found = {
-        frozenset(ids)
-        for ids in matching.right["id"].groupby(groups.to_numpy()).agg(list)
-        if len(ids) > 1
-    }
+    found = {frozenset(ids) for ids in matching.right["id"].groupby(groups.to_numpy()).agg(list) if len(ids) > 1}
     assert found == expected
     assert len(found) > 100  # 144 Amazon ids match more than one Google record
     # the whole mapping closure has 1,105 clusters (README); Google-only singletons excluded

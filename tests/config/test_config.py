@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from config import ConfigError, PipelineConfig, load_config
 from encoder.config import EncoderConfig
-from jobs.config import ConfigError, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "conf" / "sspr.toml"
@@ -205,7 +205,7 @@ def test_malformed_env_name_is_reported():
 def test_one_error_lists_every_parse_problem(tmp_path):
     path = _write(
         tmp_path,
-        "[bogus]\nx = 1\n[dedup]\nmin_simil = 0.5\n[spark]\nshuffle_partitions = \"lots\"\n",
+        '[bogus]\nx = 1\n[dedup]\nmin_simil = 0.5\n[spark]\nshuffle_partitions = "lots"\n',
     )
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides={"encoder.colour": "red"}, environ={"SSPR__DEDUP__MAX_RESULTS_PER_QUERY": "x"})
@@ -277,9 +277,7 @@ def test_section_that_is_not_a_table(tmp_path):
 
 
 def test_to_json_round_trips():
-    cfg = load_config(
-        SHIPPED, overrides={"spark.conf": '{"spark.a": "b"}', "dedup.min_similarity": "0.9"}, environ={}
-    )
+    cfg = load_config(SHIPPED, overrides={"spark.conf": '{"spark.a": "b"}', "dedup.min_similarity": "0.9"}, environ={})
     data = json.loads(cfg.to_json())
     assert data == cfg.to_dict()
     assert set(data) == {f.name for f in dataclasses.fields(PipelineConfig)}
@@ -293,6 +291,9 @@ def test_to_json_round_trips():
         validation=type(cfg.validation)(**data["validation"]),
         encoder=EncoderConfig(**data["encoder"]),
         dedup=type(cfg.dedup)(**data["dedup"]),
+        sampling=type(cfg.sampling)(**data["sampling"]),
+        train=type(cfg.train)(**data["train"]),
+        loss=type(cfg.loss)(**data["loss"]),
     )
     assert rebuilt == cfg
 

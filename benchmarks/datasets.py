@@ -1,7 +1,7 @@
 """Readers of the real labelled benchmarks in ``shared/datasets`` (see its README.md).
 
-Each reader returns small pandas frames with the columns the evaluation tasks need and nothing
-else. Encodings and quirks are handled here once:
+The bottom layer under evaluation and training: it imports nothing of ours. Each reader returns
+small pandas frames with the columns the evaluation tasks and the trainer need and nothing else. Encodings and quirks are handled here once:
 
 * Leipzig CSVs: Abt, Amazon and GoogleProducts are latin-1, Buy is UTF-8; ids are strings.
 * WDC Products: gzipped JSON Lines of pairs; an offer's ``id`` and ``cluster_id`` are integers.
@@ -22,6 +22,7 @@ import pandas as pd
 
 WDC_FOLDER = "wdc_products_80cc20rnd"
 WDC_PREFIX = "wdcproducts80cc20rnd"
+WDC_TRAIN = "000un_train_medium"  # the only WDC file training and fit_lexical read
 WDC_VALID = "000un_valid_medium"
 """The WDC file on which thresholds (and any weights) are chosen; never a test file."""
 WDC_TEST = ("000un_gs", "050un_gs", "100un_gs")
@@ -195,6 +196,25 @@ def read_wdc_offers(shared: Path, splits: tuple[str, ...]) -> pd.DataFrame:
     return offers.reset_index(drop=True)
 
 
+def read_wdc_train(shared: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """Reads the WDC train_medium offers and the ids reserved for validation and testing.
+
+    Args:
+        shared: the shared datasets folder.
+
+    Returns:
+        ``(offers, reserved)``: the ``WDC_TRAIN`` offers (``read_wdc_offers`` columns) and a
+        Series of the offer ids of ``WDC_VALID`` and the gs files, which nothing may train or
+        fit on.
+
+    Raises:
+        FileNotFoundError: if the WDC folder is missing.
+    """
+    if not (shared / WDC_FOLDER).is_dir():
+        raise FileNotFoundError(f"{shared / WDC_FOLDER} is missing; pass --shared")
+    return read_wdc_offers(shared, (WDC_TRAIN,)), read_wdc_offers(shared, (WDC_VALID, *WDC_TEST))["id"]
+
+
 def subset_pairs(pairs: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
     """A deterministic subset of labelled pairs that keeps both labels.
 
@@ -271,7 +291,7 @@ def read_grocery(shared: Path, limit: int | None = None) -> tuple[pd.DataFrame, 
     for frame in (photos, catalog):
         frame["fine"] = frame["fine_id"].map(classes["fine"])
         frame["coarse"] = frame["fine_id"].map(classes["coarse"])
-        frame["title"] = [grocery_title(f, c)[0] for f, c in zip(frame["fine"], frame["coarse"])]
+        frame["title"] = [grocery_title(f, c)[0] for f, c in zip(frame["fine"], frame["coarse"], strict=True)]
     return photos, catalog
 
 

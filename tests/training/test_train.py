@@ -1,4 +1,4 @@
-"""The training data, the hard-negative sampler and the ``train`` command (jobs/train.py).
+"""The training data, the hard-negative sampler and the ``train`` command (training/train.py).
 
 Everything runs on tiny data: hand-made title clusters (and a tiny synthetic WDC folder written in the
 test's temp dir), plus read-only checks on the real WDC train_medium file when
@@ -16,33 +16,31 @@ import pandas as pd
 import pytest
 import torch
 
-from encoder.train_data import (
+from benchmarks.datasets import WDC_TRAIN
+from training import train as train_job
+from training.data import (
     HardNegativeSampler,
     chain_order,
     cluster_vectors,
     grocery_items,
     wdc_items,
 )
-from jobs import train as train_job
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "datasets"
 WDC_PREFIX = "wdcproducts80cc20rnd"
 
 # 8 hand-made clusters of 3 offers. Clusters come in lexically similar couples (two drills,
 # two milks, ...), which the sampler should put into the same batch.
 CLUSTERS = {
-    1: ["Bosch PSB 500 RE impact drill 500W", "Bosch PSB500RE Schlagbohrmaschine",
-        "bosch psb 500 re drill"],
-    2: ["Makita HP1630 impact drill 710W", "Makita HP 1630 Schlagbohrmaschine",
-        "makita hp1630k drill"],
+    1: ["Bosch PSB 500 RE impact drill 500W", "Bosch PSB500RE Schlagbohrmaschine", "bosch psb 500 re drill"],
+    2: ["Makita HP1630 impact drill 710W", "Makita HP 1630 Schlagbohrmaschine", "makita hp1630k drill"],
     3: ["Arla standard milk 1L", "Arla Standardmjolk 1 liter", "arla milk standard 3%"],
     4: ["Arla medium fat milk 1L", "Arla Mellanmjolk 1 liter", "arla milk medium-fat 1.5%"],
-    5: ["Samsung Galaxy S21 128GB phantom grey", "Samsung SM-G991B Galaxy S21",
-        "galaxy s21 5g 128 gb"],
+    5: ["Samsung Galaxy S21 128GB phantom grey", "Samsung SM-G991B Galaxy S21", "galaxy s21 5g 128 gb"],
     6: ["Samsung Galaxy S22 256GB black", "Samsung SM-S901B Galaxy S22", "galaxy s22 5g 256 gb"],
     7: ["Canon EF 50mm f/1.8 STM lens", "Canon EF50 1.8 STM objective", "canon 50mm 1.8 stm"],
-    8: ["Nikon AF-S 50mm f/1.8G lens", "Nikon Nikkor 50 mm 1.8 G objective",
-        "nikon af-s 50mm 1.8g"],
+    8: ["Nikon AF-S 50mm f/1.8G lens", "Nikon Nikkor 50 mm 1.8 G objective", "nikon af-s 50mm 1.8g"],
 }
 
 
@@ -150,9 +148,9 @@ def test_grocery_items_use_the_train_split_only():
     reason=f"the shared WDC data is not at {SHARED}",
 )
 def test_real_train_medium_uses_no_offer_of_valid_medium_or_gs():
-    from evaluation.datasets import WDC_TEST, WDC_VALID, read_wdc_offers
+    from benchmarks.datasets import WDC_TEST, WDC_TRAIN, WDC_VALID, read_wdc_offers
 
-    offers = read_wdc_offers(SHARED, (train_job.WDC_TRAIN,))
+    offers = read_wdc_offers(SHARED, (WDC_TRAIN,))
     reserved = set(read_wdc_offers(SHARED, (WDC_VALID, *WDC_TEST))["id"])
     items, counts = wdc_items(offers, reserved)
     used = {int(i.split(":")[1]) for i in items["item_id"]}
@@ -227,11 +225,17 @@ def _write_wdc_file(folder: Path, split: str, offers: pd.DataFrame) -> None:
     """A pair file in the WDC format: consecutive offers of the frame paired up."""
     rows = []
     records = offers.to_dict("records")
-    for left, right in zip(records, records[1:] + records[:1]):
+    for left, right in zip(records, records[1:] + records[:1], strict=True):
         row = {"label": int(left["cluster_id"] == right["cluster_id"])}
         for side, offer in (("left", left), ("right", right)):
-            row.update({f"id_{side}": offer["id"], f"title_{side}": offer["title"],
-                        f"brand_{side}": offer["brand"], f"cluster_id_{side}": offer["cluster_id"]})
+            row.update(
+                {
+                    f"id_{side}": offer["id"],
+                    f"title_{side}": offer["title"],
+                    f"brand_{side}": offer["brand"],
+                    f"cluster_id_{side}": offer["cluster_id"],
+                }
+            )
         rows.append(row)
     path = folder / f"{WDC_PREFIX}{split}.json.gz"
     with gzip.open(path, "wt") as handle:
@@ -245,13 +249,15 @@ def tiny_shared(tmp_path_factory) -> Path:
     folder = root / "wdc_products_80cc20rnd"
     folder.mkdir()
     offers = _offers()
-    _write_wdc_file(folder, train_job.WDC_TRAIN, offers)
-    other = pd.DataFrame({
-        "id": [9001, 9002, 9003, 9004],
-        "title": ["Bosch drill PSB", "bosch psb drill", "Canon lens 50", "canon 50 lens"],
-        "brand": None,
-        "cluster_id": [90, 90, 91, 91],
-    })
+    _write_wdc_file(folder, WDC_TRAIN, offers)
+    other = pd.DataFrame(
+        {
+            "id": [9001, 9002, 9003, 9004],
+            "title": ["Bosch drill PSB", "bosch psb drill", "Canon lens 50", "canon 50 lens"],
+            "brand": None,
+            "cluster_id": [90, 90, 91, 91],
+        }
+    )
     for split in ("000un_valid_medium", "000un_gs", "100un_gs"):
         _write_wdc_file(folder, split, other)
     _write_wdc_file(folder, "050un_gs", pd.concat([other, offers[offers["id"] == 802]]))
@@ -259,12 +265,39 @@ def tiny_shared(tmp_path_factory) -> Path:
 
 
 def _run(shared: Path, out: Path, ckpt: Path, *extra: str) -> int:
-    return train_job.main([
-        "--shared", str(shared), "--out", str(out), "--checkpoint-dir", str(ckpt),
-        "--sources", "wdc", "--batch-size", "3", "--max-steps", "4", "--checkpoint-every", "2",
-        "--eval-every", "0", "--lr", "5e-3", "--warmup-steps", "1", "--threads", "1",
-        "--seed", "7", "--loss", "ppm_margin=0.6", *extra,  # a wide margin: the loss is > 0
-    ])
+    return train_job.main(
+        [
+            "--config",
+            str(REPO / "conf" / "sspr.toml"),
+            "--shared",
+            str(shared),
+            "--out",
+            str(out),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--sources",
+            "wdc",
+            "--batch-size",
+            "3",
+            "--max-steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--eval-every",
+            "0",
+            "--lr",
+            "5e-3",
+            "--warmup-steps",
+            "1",
+            "--threads",
+            "1",
+            "--seed",
+            "7",
+            "--set",
+            "loss.ppm_margin=0.6",
+            *extra,  # a wide margin: the loss is > 0
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -294,17 +327,23 @@ def test_resume_refuses_a_checkpoint_written_with_other_flags(tiny_shared, tmp_p
 
 
 def test_reading_training_data_imports_no_spark(tiny_shared):
-    """jobs/train.py is a plain command: reading and sampling the data must not pull in Spark."""
+    """training.train is a plain command: reading and sampling the data must not pull in Spark."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from jobs import train; "
+        "import sys; from pathlib import Path; from training import train; "
         f"items = train.read_training_items(Path({str(tiny_shared)!r}), ('wdc',)); "
         "print(len(items['wdc']), 'pyspark' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert result.stdout.split() == [str(3 * len(CLUSTERS) - 1), "False"]
 
 
@@ -320,7 +359,7 @@ def test_keep_best_writes_the_weights_with_the_best_valid_medium_ap(tiny_shared,
 
 
 def test_training_never_reads_a_reserved_offer(tiny_shared, caplog):
-    caplog.set_level("INFO", logger="jobs.train")
+    caplog.set_level("INFO", logger="training.train")
     items = train_job.read_training_items(tiny_shared, ("wdc",))["wdc"]
     assert "wdc:802" not in set(items["item_id"])
     assert len(items) == 3 * len(CLUSTERS) - 1
@@ -335,9 +374,7 @@ def test_output_weights_load_and_change_the_model_version(model, straight_run):
     try:
         load_trainable(model, straight_run)
         assert model.model_version != before_version
-        changed = [
-            k for k, v in trainable_parameters(model).items() if not torch.equal(v, before[k])
-        ]
+        changed = [k for k, v in trainable_parameters(model).items() if not torch.equal(v, before[k])]
         assert any("lora_b" in k for k in changed) and any("head" in k for k in changed), changed
     finally:
         with torch.no_grad():

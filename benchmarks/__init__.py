@@ -1,0 +1,2 @@
+"""Readers of the public labelled benchmarks (``../shared/datasets``): the bottom layer under
+``training`` and ``evaluation``. See ``benchmarks.datasets``."""

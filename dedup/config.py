@@ -1,0 +1,36 @@
+"""Settings of pair search and grouping (``[dedup]`` of the pipeline config).
+
+A frozen dataclass of plain values, so a stage can hand it to Spark functions as it is. Imports
+nothing heavy: reading a config does not load faiss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Pair search and grouping."""
+
+    min_similarity: float = 0.88  # similarity_m at or above which two listings pair
+    # where min_similarity came from (a calibration run, or why it was set by hand); it is
+    # written with the resolved config of every stage, so each run's threshold has provenance
+    min_similarity_source: str = ""
+    max_results_per_query: int = 50  # per-query budget; more hits are cut and flagged saturated
+    query_block_size: int = 2048  # queries per pair-search task (splits giant suppliers)
+    backend: str = "faiss"  # "faiss" (IndexFlatIP range search) or "blocked" (matmul; GPU path)
+    device: str = "cpu"  # device for the "blocked" backend: "cpu" or "cuda[:N]"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not -1.0 <= self.min_similarity <= 1.0:
+            problems.append(f"dedup.min_similarity={self.min_similarity} must be in [-1, 1]")
+        if self.max_results_per_query < 1:
+            problems.append("dedup.max_results_per_query must be >= 1")
+        if self.query_block_size < 1:
+            problems.append("dedup.query_block_size must be >= 1")
+        if self.backend not in ("faiss", "blocked"):
+            problems.append(f"dedup.backend={self.backend!r} must be 'faiss' or 'blocked'")
+        if problems:
+            raise ValueError("; ".join(problems))
