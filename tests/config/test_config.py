@@ -1,4 +1,4 @@
-"""Tests for jobs/config.py: defaults, the shipped TOML, precedence, coercion and error reporting."""
+"""Tests for the config package: defaults, the shipped TOML, precedence, coercion and error reporting."""
 
 from __future__ import annotations
 
