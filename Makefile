@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly lint test test-fast evaluate train lexical clean help
+.PHONY: install nightly lint test test-fast evaluate train lexical verifier clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -50,6 +50,9 @@ evaluate: install  ## measure match quality on ../shared/datasets: bench/results
 
 lexical: install  ## fit the hybrid encoder's IDF table on WDC train titles into encoder.lexical_idf of conf/sspr.toml
 	$(BIN)/python -m training.fit_lexical --config conf/sspr.toml
+
+verifier: install  ## train and calibrate the pair verifier on ../shared/datasets into dedup.verifier of conf/sspr.toml (~2 min); paste the [dedup] lines it logs
+	$(BIN)/python -m training.fit_verifier --config conf/sspr.toml
 
 train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors ([train] of conf/sspr.toml, ~20 min)
 	$(BIN)/python -m training.train --config conf/sspr.toml

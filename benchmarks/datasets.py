@@ -81,8 +81,8 @@ class MatchingTask:
 
     Attributes:
         name: e.g. ``amazon_google``.
-        left: frame ``id, title`` of the left source.
-        right: frame ``id, title`` of the right source.
+        left: frame ``id, title, brand, price`` of the left source (strings; "" where absent).
+        right: the same of the right source.
         matches: frame ``left_id, right_id``; every other cross pair is a non-match.
     """
 
@@ -108,8 +108,8 @@ def read_leipzig_matching(shared: Path, task: str, limit: int | None = None) -> 
         ValueError: if a mapping pair names an id that is not in its table.
     """
     folder, name, left_source, right_source = LEIPZIG_MAPPINGS[task]
-    left = read_leipzig_source(shared, left_source)[["id", "title"]]
-    right = read_leipzig_source(shared, right_source)[["id", "title"]]
+    left = read_leipzig_source(shared, left_source)[["id", "title", "brand", "price"]]
+    right = read_leipzig_source(shared, right_source)[["id", "title", "brand", "price"]]
     mapping = pd.read_csv(shared / folder / name, dtype=str, keep_default_na=False)
     mapping.columns = ["left_id", "right_id"]
     for column, table in (("left_id", left), ("right_id", right)):
@@ -176,7 +176,8 @@ def read_wdc_offers(shared: Path, splits: tuple[str, ...]) -> pd.DataFrame:
         splits: file suffixes to read.
 
     Returns:
-        A frame ``id, title, brand, cluster_id`` with one row per offer id, sorted by id.
+        A frame ``id, title, brand, cluster_id, price, currency`` with one row per offer id,
+        sorted by id (``price`` is the file's string, e.g. "468.63"; None where absent).
 
     Raises:
         ValueError: if one offer id carries two different titles or cluster ids.
@@ -186,8 +187,9 @@ def read_wdc_offers(shared: Path, splits: tuple[str, ...]) -> pd.DataFrame:
         path = shared / WDC_FOLDER / f"{WDC_PREFIX}{split}.json.gz"
         frame = pd.read_json(path, lines=True, compression="gzip")
         for side in ("left", "right"):
-            part = frame[[f"id_{side}", f"title_{side}", f"brand_{side}", f"cluster_id_{side}"]]
-            part.columns = ["id", "title", "brand", "cluster_id"]
+            columns = ("id", "title", "brand", "cluster_id", "price", "priceCurrency")
+            part = frame[[f"{c}_{side}" for c in columns]]
+            part.columns = ["id", "title", "brand", "cluster_id", "price", "currency"]
             sides.append(part)
     offers = pd.concat(sides).drop_duplicates().sort_values("id", kind="stable")
     if not offers["id"].is_unique:
@@ -293,6 +295,31 @@ def read_grocery(shared: Path, limit: int | None = None) -> tuple[pd.DataFrame, 
         frame["coarse"] = frame["fine_id"].map(classes["coarse"])
         frame["title"] = [grocery_title(f, c)[0] for f, c in zip(frame["fine"], frame["coarse"], strict=True)]
     return photos, catalog
+
+
+def shop_pools(classes: np.ndarray, pools: int, skus: int, per_sku: int, seed: int = 0) -> list[np.ndarray]:
+    """Draws shop-like pools of records: ``skus`` classes with ``per_sku`` records each.
+
+    Args:
+        classes: [n] the class (e.g. GroceryStore ``fine_id``) of each record.
+        pools: how many pools to draw.
+        skus: classes per pool (all of them when there are fewer).
+        per_sku: records per class (all of a class's records when it has fewer).
+        seed: seed of the draw.
+
+    Returns:
+        Per pool, the row numbers of its records (int64), class by class.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.asarray(classes)
+    labels = np.array(sorted(set(classes.tolist())))
+    by_class = {c: np.flatnonzero(classes == c) for c in labels}
+    out = []
+    for _ in range(pools):
+        chosen = rng.choice(labels, size=min(skus, len(labels)), replace=False)
+        rows = [rng.choice(by_class[c], size=min(per_sku, len(by_class[c])), replace=False) for c in chosen]
+        out.append(np.concatenate(rows).astype(np.int64))
+    return out
 
 
 def _round_robin(by_class: dict[int, list[str]], limit: int | None) -> list[tuple[int, str]]:

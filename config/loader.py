@@ -93,6 +93,7 @@ def _resolve_path(value: str, base: Path) -> str:
 PATH_KEYS = {
     ("encoder", "weights"),
     ("encoder", "lexical_idf"),
+    ("dedup", "verifier"),
     ("train", "out"),
     ("train", "checkpoint_dir"),
     ("train", "init_weights"),

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 class DedupConfig:
     """Pair search and grouping."""
 
-    min_similarity: float = 0.88  # similarity_m at or above which two listings pair
+    # similarity_m at or above which two listings are candidates (with a verifier) or a pair
+    # (without one: dedup.verifier = "")
+    min_similarity: float = 0.88
     # where min_similarity came from (a calibration run, or why it was set by hand); it is
     # written with the resolved config of every stage, so each run's threshold has provenance
     min_similarity_source: str = ""
+    # the pair verifier (dedup.verifier, `python -m training.fit_verifier`): a JSON model file
+    # scoring each candidate's match probability; "" = pairs are the candidates themselves
+    verifier: str = ""
+    min_probability: float = 0.5  # a candidate is a pair when its verified probability reaches it
+    min_probability_source: str = ""  # provenance of min_probability, like min_similarity_source
     max_results_per_query: int = 50  # per-query budget; more hits are cut and flagged saturated
     query_block_size: int = 2048  # queries per pair-search task (splits giant suppliers)
     backend: str = "faiss"  # "faiss" (IndexFlatIP range search) or "blocked" (matmul; GPU path)
@@ -26,6 +33,8 @@ class DedupConfig:
         problems = []
         if not -1.0 <= self.min_similarity <= 1.0:
             problems.append(f"dedup.min_similarity={self.min_similarity} must be in [-1, 1]")
+        if not 0.0 <= self.min_probability <= 1.0:
+            problems.append(f"dedup.min_probability={self.min_probability} must be in [0, 1]")
         if self.max_results_per_query < 1:
             problems.append("dedup.max_results_per_query must be >= 1")
         if self.query_block_size < 1:

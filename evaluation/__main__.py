@@ -33,12 +33,17 @@ from evaluation.methods import (
     encoder_method,
 )
 from evaluation.report import render_tables, sort_records, update_readme, write_json
-from evaluation.tasks import FILES_USED, TASKS, Run
+from evaluation.tasks import FILES_USED, Run
+from evaluation.tasks import TASKS as SIMILARITY_TASKS
+from evaluation.verified import METHODS as VERIFIED_METHODS
+from evaluation.verified import evaluate_verified
 
 logger = logging.getLogger("evaluation")
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_ORDER = [TFIDF, MINILM, EFFICIENTNET, *(encoder_method(v) for v in ("m", "t", "i"))]
+TASKS = {**SIMILARITY_TASKS, "verified": evaluate_verified}
+"""Task groups in run order; ``verified`` scores the config's verified pipeline (``dedup.verifier``)."""
+METHOD_ORDER = [TFIDF, MINILM, EFFICIENTNET, *(encoder_method(v) for v in ("m", "t", "i")), *VERIFIED_METHODS]
 REQUIRED = [WDC_FOLDER, GROCERY_FOLDER, *sorted({f for f, *_ in LEIPZIG_MAPPINGS.values()})]
 
 
@@ -176,6 +181,7 @@ def evaluate(args, config) -> int:
         limit=args.limit,
         n_bootstrap=args.bootstrap,
         pipeline_threshold=config.dedup.min_similarity,
+        dedup=config.dedup,
         compare={label: NeuralMethods(other.encoder, cache) for label, other in compared.items()},
     )
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from benchmarks.datasets import (
 )
 from dedup.calibration import CalibrationError, calibrate
 from dedup.cluster import cluster_pairs
+from dedup.config import DedupConfig
 from dedup.metrics import (
     DEFAULT_KS,
     PairScores,
@@ -98,6 +99,8 @@ class Run:
         pipeline_threshold: the configured ``dedup.min_similarity``; the encoder's ``m`` is also
             scored at it (kind ``pipeline``), to show what the nightly job does on real data.
         compare: other encoders scored in the same run, by label (methods ``<label>:m`` etc.).
+        dedup: the config's ``[dedup]`` section (the verified pipeline's operating point and
+            verifier file), for the ``verified`` task; None skips it.
         records: the metric records so far.
         thresholds: per method, threshold kind -> value: ``wdc-valid-f1`` (best F1 on WDC
             valid), ``wdc-p<target>`` (calibrated to the precision target on WDC valid, absent
@@ -112,6 +115,7 @@ class Run:
     n_bootstrap: int = 1000
     pipeline_threshold: float | None = None
     compare: dict[str, NeuralMethods] = field(default_factory=dict)
+    dedup: DedupConfig | None = None
     records: list[dict] = field(default_factory=list)
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     details: dict = field(default_factory=lambda: {"calibration": {}, "timings_s": {}})

@@ -9,8 +9,16 @@ either side lacks the modality). A supplier's new listings are split into blocks
 ``dedup.query_block_size`` so a giant supplier becomes several tasks. A query with more hits than
 ``dedup.max_results_per_query`` keeps its best ones and is counted as saturated.
 
+With a verifier (``dedup.verifier``; bench/README.md "Verified matching") the search finds
+*candidates* at a recall-oriented ``dedup.min_similarity``; in the same task the verifier scores
+each candidate's match probability from ``dedup.features`` (the similarities, the two listings'
+titles, brands and prices from the ``listings`` table, and each side's neighbours in the
+supplier's catalogue), and a candidate becomes a pair when it reaches ``dedup.min_probability``.
+The verifier and the lexical vectorizer are built once per Python worker.
+
 Before the partition is written, the output suite checks that both listings of every pair belong
-to the pair's supplier and that similarities lie within [-1, 1] (``jobs.warehouse.publish``).
+to the pair's supplier and that similarities lie within [-1, 1], probabilities within [0, 1]
+(``jobs.warehouse.publish``).
 
 Cost: sum over suppliers of (new listings x catalogue size), never N^2 over the marketplace.
 
@@ -28,6 +36,7 @@ import pandas as pd
 
 from config.errors import DedupError
 from dedup.config import DedupConfig
+from encoder.config import EncoderConfig
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import PAIR_SEARCH_ROWS, PAIRS, empty_frame, to_ddl
 
@@ -63,15 +72,90 @@ def _stack(column: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float32) for v in column])  # [n, dim]
 
 
-def _modality_similarity(vectors: np.ndarray, present: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Cosine of the two sides' vectors of one modality; NaN where either side lacks it."""
-    sims = np.einsum("nd,nd->n", vectors[left], vectors[right]).astype(np.float32)  # [n_pairs]
-    sims[~(present[left] & present[right])] = np.nan
-    return sims
+_WORKER_CACHE: dict[tuple, object] = {}
+"""Per Python worker: the verifier and the lexical vectorizer, built on first use."""
+
+VERIFIER_COLUMNS = ("title", "brand", "price", "currency")
+"""The listing attributes the verifier reads, joined onto the catalogue from ``listings``."""
+
+
+def get_verifier(path: str):
+    """The verifier of ``dedup.verifier``, loaded once per worker."""
+    from dedup.verifier import load_verifier
+
+    key = ("verifier", path)
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE[key] = load_verifier(path)
+    return _WORKER_CACHE[key]
+
+
+def get_lexical(encoder_config: EncoderConfig):
+    """The lexical vectorizer of the verifier's ``char_cosine`` (the encoder's IDF), once per worker."""
+    from encoder.lexical import LexicalVectorizer
+
+    key = ("lexical", encoder_config.lexical_buckets, encoder_config.lexical_idf)
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE[key] = LexicalVectorizer(encoder_config.lexical_buckets, encoder_config.lexical_idf)
+    return _WORKER_CACHE[key]
+
+
+def verify_candidates(
+    catalogue: pd.DataFrame,
+    index_m: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    sim_m: np.ndarray,
+    sim_t: np.ndarray,
+    sim_i: np.ndarray,
+    dedup_config: DedupConfig,
+    encoder_config: EncoderConfig,
+) -> np.ndarray:
+    """Match probability of each candidate pair of one supplier.
+
+    Args:
+        catalogue: the supplier's catalogue rows (with ``VERIFIER_COLUMNS``), sorted by id.
+        index_m: float32 [n, dim] its ``emb_m`` rows.
+        left, right: int [p] catalogue rows of each candidate's two listings.
+        sim_m, sim_t, sim_i: float [p] the candidates' similarities (NaN where absent).
+        dedup_config: names the verifier file.
+        encoder_config: the lexical settings of ``char_cosine``.
+
+    Returns:
+        float32 [p] calibrated probabilities.
+    """
+    from dedup.features import neighbour_similarities, pair_features, parse_listing
+
+    verifier = get_verifier(dedup_config.verifier)
+    if len(left) == 0:
+        return np.zeros(0, dtype=np.float32)
+    # only the listings the candidates touch are parsed and get neighbour lists
+    involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
+    sub_left, sub_right = inverse[: len(left)], inverse[len(left) :]
+    rows = catalogue.iloc[involved]
+    parsed = [
+        parse_listing(_value(r.title), _value(r.brand), _value(r.price), _value(r.currency))
+        for r in rows.itertuples(index=False)
+    ]
+    has_text = rows["has_text"].to_numpy(bool)
+    lexical = get_lexical(encoder_config).transform([_value(t) for t in rows["title"]], has_text)
+    top = neighbour_similarities(
+        index_m[involved], index_m, involved, verifier.neighbour_min_similarity, verifier.neighbour_budget
+    )
+    features = pair_features(parsed, lexical, sub_left, sub_right, sim_m, sim_t, sim_i, top[sub_left], top[sub_right])
+    return verifier.probabilities(features).astype(np.float32)
+
+
+def _value(value):
+    """None for the nulls pandas hands over (None, NaN, NaT)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
 def find_block_pairs(
-    key: tuple, queries: pd.DataFrame, catalogue: pd.DataFrame, dedup_config: DedupConfig
+    key: tuple,
+    queries: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    dedup_config: DedupConfig,
+    encoder_config: EncoderConfig | None = None,
 ) -> pd.DataFrame:
     """cogroup body: finds the duplicate pairs of one (supplier, query block).
 
@@ -79,12 +163,18 @@ def find_block_pairs(
         key: ``(supplier_id, query_block)``.
         queries: the block's new listings (``listing_id``, ``emb_m``, ``model_version``).
         catalogue: the supplier's catalogue (``listing_id``, ``emb_m``, ``emb_t``, ``emb_i``,
-            ``has_text``, ``has_image``); it contains the queries themselves.
-        dedup_config: the search settings.
+            ``has_text``, ``has_image``, and ``VERIFIER_COLUMNS`` when a verifier is set); it
+            contains the queries themselves.
+        dedup_config: the search and verifier settings.
+        encoder_config: the encoder's lexical settings (needed with a verifier).
 
     Returns:
-        Rows of ``PAIR_SEARCH_ROWS``; each pair once with ``listing_id_l < listing_id_r``.
+        Rows of ``PAIR_SEARCH_ROWS``; each pair once with ``listing_id_l < listing_id_r``:
+        candidates whose probability reached ``dedup.min_probability`` (every candidate, with a
+        null probability, without a verifier); then one ``candidates`` row with the count of
+        candidates, and the saturated queries.
     """
+    from dedup.features import modality_similarity
     from dedup.search import find_pairs_by_id
 
     supplier_id = key[0]
@@ -112,11 +202,24 @@ def find_block_pairs(
     position = {listing_id: i for i, listing_id in enumerate(catalogue["listing_id"])}
     left = np.array([position[i] for i in left_ids], dtype=np.int64)
     right = np.array([position[i] for i in right_ids], dtype=np.int64)
+    sim_m = pairs.column("similarity").to_numpy().astype(np.float32)
     if len(left):
-        sim_t = _modality_similarity(_stack(catalogue["emb_t"]), catalogue["has_text"].to_numpy(bool), left, right)
-        sim_i = _modality_similarity(_stack(catalogue["emb_i"]), catalogue["has_image"].to_numpy(bool), left, right)
+        sim_t = modality_similarity(_stack(catalogue["emb_t"]), catalogue["has_text"].to_numpy(bool), left, right)
+        sim_i = modality_similarity(_stack(catalogue["emb_i"]), catalogue["has_image"].to_numpy(bool), left, right)
     else:
         sim_t = sim_i = np.zeros(0, dtype=np.float32)
+    candidates = len(left_ids)
+    probability = np.full(len(left_ids), np.nan, dtype=np.float32)
+    if dedup_config.verifier:
+        if encoder_config is None:
+            raise ValueError("find_block_pairs needs the encoder config when dedup.verifier is set")
+        probability = verify_candidates(
+            catalogue, index_m, left, right, sim_m, sim_t, sim_i, dedup_config, encoder_config
+        )
+        keep = probability >= dedup_config.min_probability
+        left_ids = [i for i, k in zip(left_ids, keep, strict=True) if k]
+        right_ids = [i for i, k in zip(right_ids, keep, strict=True) if k]
+        sim_m, sim_t, sim_i, probability = sim_m[keep], sim_t[keep], sim_i[keep], probability[keep]
     out = pd.DataFrame(
         {
             "kind": "pair",
@@ -124,9 +227,10 @@ def find_block_pairs(
             # explicit dtype: an empty list would be inferred float64, which Spark cannot cast
             "listing_id_l": pd.Series(left_ids, dtype=object),
             "listing_id_r": pd.Series(right_ids, dtype=object),
-            "similarity_m": pairs.column("similarity").to_numpy().astype(np.float32),
+            "similarity_m": sim_m,
             "similarity_t": sim_t,
             "similarity_i": sim_i,
+            "match_score": probability,
             "model_version": model_version,
         },
         columns=PAIR_SEARCH_ROWS.names,
@@ -134,6 +238,10 @@ def find_block_pairs(
     # Float rounding can put a dot product of unit vectors at 1.0000001; the contract says [-1, 1].
     similarity_columns = ["similarity_m", "similarity_t", "similarity_i"]
     out[similarity_columns] = out[similarity_columns].clip(-1.0, 1.0)
+    counted = empty_frame(PAIR_SEARCH_ROWS).reindex(range(1))
+    counted = counted.assign(kind="candidates", supplier_id=supplier_id, model_version=model_version)
+    counted["candidates"] = candidates
+    out = pd.concat([out, counted], ignore_index=True)
     if saturated:
         flagged = empty_frame(PAIR_SEARCH_ROWS).reindex(range(len(saturated)))
         flagged = flagged.assign(
@@ -142,14 +250,16 @@ def find_block_pairs(
             listing_id_l=pd.Series(saturated, dtype=object),
             model_version=model_version,
         )
-        flagged[similarity_columns] = np.nan
+        flagged[[*similarity_columns, "match_score"]] = np.nan
         out = pd.concat([out, flagged], ignore_index=True)
+    out["candidates"] = out["candidates"].astype("Int64")  # nullable: null on pair rows
     log.info(
-        "supplier %s block %s: %d queries x %d catalogue -> %d pairs (%d saturated) in %.2fs",
+        "supplier %s block %s: %d queries x %d catalogue -> %d candidates -> %d pairs (%d saturated) in %.2fs",
         supplier_id,
         key[1],
         len(queries),
         len(catalogue),
+        candidates,
         len(left_ids),
         len(saturated),
         time.monotonic() - started,
@@ -157,18 +267,23 @@ def find_block_pairs(
     return out
 
 
-def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date: str):
+def find_supplier_pairs(
+    queries, catalogue, dedup_config: DedupConfig, run_date: str, encoder_config: EncoderConfig | None = None
+):
     """Finds pairs per (supplier, query block).
 
     Args:
         queries: the run date's live embeddings.
-        catalogue: ``catalogue_as_of(...)`` restricted to the queries' model version.
-        dedup_config: the search settings.
+        catalogue: ``catalogue_as_of(...)`` restricted to the queries' model version, with
+            ``VERIFIER_COLUMNS`` when ``dedup_config.verifier`` is set.
+        dedup_config: the search and verifier settings.
         run_date: stamped on the output.
+        encoder_config: the encoder's lexical settings (needed with a verifier).
 
     Returns:
         ``(pairs, saturated, found)``: pairs matching the ``PAIRS`` contract, the saturated query
-        ids, and the persisted search output both read (the caller unpersists it when done).
+        ids, and the persisted search output both read (the caller unpersists it when done;
+        its ``candidates`` rows count the candidates per block).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -183,26 +298,75 @@ def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date:
     blocks = blocked.select(
         F.col("supplier_id").alias("supplier_id"), F.col("query_block").alias("query_block")
     ).distinct()
+    extra = list(VERIFIER_COLUMNS) if dedup_config.verifier else []
     index = catalogue.join(blocks, on="supplier_id").select(
-        "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image"
+        "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image", *extra
     )
     found = (
         blocked.groupBy("supplier_id", "query_block")
         .cogroup(index.groupBy("supplier_id", "query_block"))
-        .applyInPandas(lambda key, q, c: find_block_pairs(key, q, c, dedup_config), schema=to_ddl(PAIR_SEARCH_ROWS))
+        .applyInPandas(
+            lambda key, q, c: find_block_pairs(key, q, c, dedup_config, encoder_config),
+            schema=to_ddl(PAIR_SEARCH_ROWS),
+        )
     ).persist()
     pairs = (
         found.filter("kind = 'pair'")
-        .drop("kind")
+        .drop("kind", "candidates")
         # Two new listings in different query blocks are found from both blocks: keep one row.
         .dropDuplicates(["supplier_id", "listing_id_l", "listing_id_r"])
         .withColumn("similarity_t", F.nanvl("similarity_t", F.lit(None).cast("float")))
         .withColumn("similarity_i", F.nanvl("similarity_i", F.lit(None).cast("float")))
+        .withColumn("match_score", F.nanvl("match_score", F.lit(None).cast("float")))
         .withColumn("run_date", F.lit(run_date))
         .select(*PAIRS.names)
     )
     saturated = found.filter("kind = 'saturated'").select("supplier_id", "listing_id_l")
     return pairs, saturated, found
+
+
+def with_listing_attributes(catalogue, listings):
+    """Adds ``VERIFIER_COLUMNS`` to catalogue rows from the ``listings`` row that was embedded.
+
+    Args:
+        catalogue: one row per live listing (``catalogue_as_of``).
+        listings: the ``listings`` table.
+
+    Returns:
+        The catalogue with title, brand, price and currency (null where the listing row is gone).
+    """
+    from pyspark.sql import functions as F
+
+    attributes = listings.select(
+        F.col("listing_id").alias("listing_id"),
+        F.col("run_date").alias("run_date"),
+        F.col("updated_at").alias("updated_at"),
+        *(F.col(c).alias(c) for c in VERIFIER_COLUMNS),
+    ).dropDuplicates(["listing_id", "run_date", "updated_at"])
+    return catalogue.join(attributes, on=["listing_id", "run_date", "updated_at"], how="left")
+
+
+def check_verifier(dedup_config: DedupConfig, encoder_config: EncoderConfig, model_version: str | None):
+    """Loads the configured verifier on the driver and checks it fits the run's embeddings.
+
+    Returns:
+        The verifier, or None without one.
+
+    Raises:
+        DedupError: the verifier file is unusable or was trained for another model; the message
+            says what to do.
+    """
+    from dedup.verifier import VerifierError
+
+    if not dedup_config.verifier:
+        return None
+    try:
+        verifier = get_verifier(dedup_config.verifier)
+        if model_version is not None:
+            verifier.check_inputs(model_version, get_lexical(encoder_config).idf_digest)
+    except VerifierError as error:
+        raise DedupError(str(error)) from None
+    return verifier
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -234,7 +398,12 @@ def run(ctx: StageContext) -> StageResult:
                 stale,
             )
         catalogue = catalogue.filter(F.col("model_version") == versions[0])
-    pairs, saturated, found = find_supplier_pairs(queries, catalogue, ctx.config.dedup, ctx.run_date)
+    dedup_config, encoder_config = ctx.config.dedup, ctx.config.encoder
+    verifier = check_verifier(dedup_config, encoder_config, versions[0] if versions else None)
+    if verifier is not None:
+        ensure_tables(ctx.spark, ctx.database, ["listings"])
+        catalogue = with_listing_attributes(catalogue, ctx.spark.table(f"{ctx.database}.listings"))
+    pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, ctx.run_date, encoder_config)
     try:
         written = publish(
             ctx.spark,
@@ -244,6 +413,7 @@ def run(ctx: StageContext) -> StageResult:
             listing_suppliers=catalogue.select("listing_id", "supplier_id"),
         )["pairs"]
         saturated_ids = [r["listing_id_l"] for r in saturated.distinct().limit(1000).collect()]
+        candidates = found.filter("kind = 'candidates'").agg(F.sum("candidates")).first()[0] or 0
         catalogue_size = catalogue.count()
     finally:
         found.unpersist()
@@ -260,7 +430,11 @@ def run(ctx: StageContext) -> StageResult:
         rows_in=rows_in,
         rows_out=written,
         details={
-            "min_similarity": ctx.config.dedup.min_similarity,
+            "min_similarity": dedup_config.min_similarity,
+            "candidates": int(candidates),
+            "candidates_per_query": round(candidates / rows_in, 3) if rows_in else 0.0,
+            "verifier": verifier.digest[:16] if verifier is not None else None,
+            "min_probability": dedup_config.min_probability if verifier is not None else None,
             "catalogue_size": catalogue_size,
             "stale_model_version": stale,
             "saturated_queries": len(saturated_ids),

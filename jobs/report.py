@@ -110,7 +110,7 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
             {
                 "listing_id_l": p["listing_id_l"],
                 "listing_id_r": p["listing_id_r"],
-                **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i")},
+                **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i", "match_score")},
             }
         )
     report = {
@@ -200,10 +200,13 @@ def render_review_page(report: dict[str, Any], images: dict[str, bytes]) -> str:
                 f"<tr><td>{img}</td><td>{e(member['listing_id'])}{new}</td><td>{e(member['title'])}</td>"
                 f"<td>{e(member['brand'])}</td><td>{e(price)}</td></tr>"
             )
-        parts.append("</table><table><tr><th>pair</th><th>similarity m</th><th>t</th><th>i</th></tr>")
+        parts.append(
+            "</table><table><tr><th>pair</th><th>match probability</th><th>similarity m</th><th>t</th><th>i</th></tr>"
+        )
         for pair in group["pairs"]:
             parts.append(
                 f"<tr><td>{e(pair['listing_id_l'])} ↔ {e(pair['listing_id_r'])}</td>"
+                f"<td>{_fmt(pair.get('match_score'))}</td>"
                 f"<td>{_fmt(pair['similarity_m'])}</td><td>{_fmt(pair['similarity_t'])}</td>"
                 f"<td>{_fmt(pair['similarity_i'])}</td></tr>"
             )

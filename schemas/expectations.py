@@ -222,7 +222,7 @@ UNIT_NORM_TOLERANCE = 1e-3
 
 OUTPUT_RULES: dict[str, tuple[str, ...]] = {
     "embeddings": ("embedding_dimension", "embedding_unit_norm"),
-    "pairs": ("pair_within_one_supplier", "pair_similarity_in_range"),
+    "pairs": ("pair_within_one_supplier", "pair_similarity_in_range", "pair_probability_in_range"),
     "groups": ("group_has_two_members",),
     "group_members": ("group_has_two_members", "group_member_unique"),
 }
@@ -286,7 +286,9 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
       Rows with null vectors (tombstones, listings that could not be embedded) are exempt.
     * ``pairs``: ``pair_within_one_supplier``: both listings belong to the pair's ``supplier_id``
       (needs the helper columns ``PAIR_SUPPLIER_COLUMNS``); ``pair_similarity_in_range``:
-      ``similarity_m`` is present and every similarity is within [-1, 1].
+      ``similarity_m`` is present and every similarity is within [-1, 1];
+      ``pair_probability_in_range``: the verifier's ``match_score`` (null without a
+      verifier) is within [0, 1].
     * ``groups``: ``group_has_two_members``: ``size >= 2``.
     * ``group_members``: ``group_has_two_members``: each (supplier, group) has at least 2 rows;
       ``group_member_unique``: a listing is in at most one group per run date and supplier.
@@ -358,6 +360,12 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
             ("pair_similarity_in_range", e.ExpectColumnValuesToBeBetween(column=c, min_value=-1, max_value=1))
             for c in ("similarity_m", "similarity_t", "similarity_i")
         ]
+        expectations.append(
+            (
+                "pair_probability_in_range",
+                e.ExpectColumnValuesToBeBetween(column="match_score", min_value=0, max_value=1),
+            )
+        )
     elif table == "groups":
         expectations.append(("group_has_two_members", e.ExpectColumnValuesToBeBetween(column="size", min_value=2)))
     else:  # group_members

@@ -88,11 +88,17 @@ PAIRS = pa.schema(
         pa.field("similarity_m", pa.float32()),
         pa.field("similarity_t", pa.float32()),
         pa.field("similarity_i", pa.float32()),
+        pa.field("match_score", pa.float32()),
         pa.field("model_version", pa.string()),
         _RUN_DATE,
     ]
 )
-"""Candidate duplicate pairs found on a run date; ``listing_id_l < listing_id_r``, same supplier."""
+"""Duplicate pairs found on a run date; ``listing_id_l < listing_id_r``, same supplier.
+
+With a verifier (``dedup.verifier``), each is a candidate (``similarity_m >= dedup.min_similarity``)
+whose ``match_score`` (the verifier's calibrated match probability) reached
+``dedup.min_probability``; without one, ``match_score`` is null and every candidate is a pair.
+"""
 
 GROUPS = pa.schema(
     [
@@ -142,9 +148,17 @@ rows_in = rows_out + rows_skipped (deleted listings are skipped with reason ``is
 """
 
 
-PAIR_SEARCH_ROWS = pa.schema([pa.field("kind", pa.string()), *(f for f in PAIRS if f.name != "run_date")])
-"""What the pairs stage's per-(supplier, block) search returns: ``kind`` is "pair", or
-"saturated" for a query cut by the per-query budget (its id in ``listing_id_l``, the rest null)."""
+PAIR_SEARCH_ROWS = pa.schema(
+    [
+        pa.field("kind", pa.string()),
+        *(f for f in PAIRS if f.name != "run_date"),
+        pa.field("candidates", pa.int64()),
+    ]
+)
+"""What the pairs stage's per-(supplier, block) search returns: ``kind`` is "pair"; "saturated"
+for a query cut by the per-query budget (its id in ``listing_id_l``, the rest null); or
+"candidates", one row per block whose ``candidates`` counts the pairs the search found before
+the verifier (the rest null)."""
 
 GROUP_ROWS = pa.schema(
     [

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "encoder": set(),
     "dedup": set(),
     "config": {"encoder", "dedup"},
-    "training": {"config", "encoder", "benchmarks"},
+    "training": {"config", "encoder", "dedup", "benchmarks"},
     "evaluation": {"config", "encoder", "dedup", "benchmarks"},
     "jobs": {"config", "encoder", "dedup", "schemas"},
     "dags": set(),

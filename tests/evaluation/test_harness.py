@@ -26,15 +26,17 @@ LIMIT = 100
 # the shipped config (hybrid) plus, compared in the same run, its pure neural model as "pure"
 TEXT = ["tfidf-char3-5", "minilm (zero-shot)", "encoder:m", "encoder:t", "pure:m", "pure:t"]
 IMAGE = ["efficientnet-lite0 (zero-shot)", "encoder:i", "pure:i"]
+VERIFIED = ["candidates", "verifier"]  # the verified pipeline (task "verified") beside them
 EXPECTED = {
-    ("wdc:valid_medium", "pair-classification"): TEXT,
-    **{(f"wdc:{s}", "pair-classification"): TEXT for s in ("000un_gs", "050un_gs", "100un_gs")},
+    ("wdc:valid_medium", "pair-classification"): TEXT + VERIFIED,
+    **{(f"wdc:{s}", "pair-classification"): TEXT + VERIFIED for s in ("000un_gs", "050un_gs", "100un_gs")},
     **{(f"wdc:{s}", "retrieval"): TEXT for s in ("000un_gs", "050un_gs", "100un_gs")},
     ("leipzig:abt_buy", "retrieval left->right"): TEXT,
-    ("leipzig:abt_buy", "cross-pairs"): TEXT,
+    ("leipzig:abt_buy", "cross-pairs"): TEXT + VERIFIED,
     ("leipzig:amazon_google", "retrieval left->right"): TEXT,
-    ("leipzig:amazon_google", "cross-pairs"): TEXT,
-    ("leipzig:google_within_supplier", "duplicate-groups"): TEXT,
+    ("leipzig:amazon_google", "cross-pairs"): TEXT + VERIFIED,
+    ("leipzig:google_within_supplier", "duplicate-groups"): TEXT + VERIFIED,
+    ("grocery:shop-pools", "pair-classification (constructed titles)"): ["encoder:i", *VERIFIED],
     ("grocery:images", "photo->photo"): IMAGE,
     ("grocery:images", "photo->catalog"): IMAGE,
     ("grocery:multimodal", "photo->photo (constructed titles)"): [
@@ -105,7 +107,40 @@ def test_every_task_and_method_is_reported(subset_run):
     metrics = {r["metric"] for r in records if r["dataset"] == "leipzig:google_within_supplier"}
     assert {"f1_pairs@wdc-valid-f1", "f1_groups@wdc-valid-f1", "oracle_f1_groups"} <= metrics
     pipeline = {r["method"] for r in records if r["metric"] in ("f1_groups@pipeline", "f1@pipeline")}
-    assert pipeline == {"encoder:m"}
+    assert pipeline == {"encoder:m", *VERIFIED}
+
+
+@needs_shared
+@pytest.mark.slow
+def test_verified_rows_are_the_pipeline_at_its_operating_point(subset_run):
+    out, _ = subset_run
+    records = _records(out)
+    details = json.loads((out / "quality_details.json").read_text())
+    verifier = details["verifier"]
+    assert verifier["min_probability"] == details["verifier"]["info"]["operating_point"]["min_probability"]
+
+    def value(dataset, task, method, metric):
+        (hit,) = [
+            r["value"]
+            for r in records
+            if (r["dataset"], r["task"], r["method"], r["metric"]) == (dataset, task, method, metric)
+        ]
+        return hit
+
+    for dataset, task in (("wdc:100un_gs", "pair-classification"), ("leipzig:abt_buy", "cross-pairs")):
+        # the verifier only removes candidates: recall can only drop, and never below zero
+        assert value(dataset, task, "verifier", "recall@pipeline") <= value(
+            dataset, task, "candidates", "recall@pipeline"
+        )
+        assert value(dataset, task, "candidates", "candidate_recall") == value(
+            dataset, task, "candidates", "recall@pipeline"
+        )
+        # the oracle is the best over thresholds, so at least the operating point's F1
+        assert value(dataset, task, "verifier", "oracle_f1") >= value(dataset, task, "verifier", "f1@pipeline") - 1e-9
+    # "candidates" at the pipeline threshold is the encoder's m at the same threshold (same pairs)
+    assert value("wdc:100un_gs", "pair-classification", "candidates", "f1@pipeline") == pytest.approx(
+        value("wdc:100un_gs", "pair-classification", "encoder:m", "f1@pipeline"), abs=1e-6
+    )
 
 
 @needs_shared

@@ -7,23 +7,26 @@ import json
 from pathlib import Path
 
 from config import load_config
+from dedup.verifier import load_verifier
 from encoder.factory import compute_model_version
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 
 
-def test_committed_results_are_for_the_shipped_encoder_and_threshold():
+def test_committed_results_are_for_the_shipped_encoder_and_operating_point():
     config = load_config(ROOT / "conf" / "sspr.toml", environ={})
     details = json.loads((RESULTS / "quality_details.json").read_text())
     # a new model or preprocessing must be re-evaluated (make evaluate) before it ships
     assert details["model_version"] == compute_model_version(config.encoder)
     assert details["pipeline_min_similarity"] == config.dedup.min_similarity
-    # the config says where its threshold came from, naming the evaluated model
+    # the config says where its thresholds came from, naming the evaluated model
     assert details["model_version"] in config.dedup.min_similarity_source
-    # the shipped threshold is the calibrated one (dedup.calibration.calibrate on valid_medium)
-    assert details["calibrated_min_similarity"] is not None
-    assert config.dedup.min_similarity == details["calibrated_min_similarity"]
+    # the committed verified rows are of the shipped verifier at the shipped operating point
+    verifier = load_verifier(config.dedup.verifier)
+    assert details["verifier"]["digest"] == verifier.digest[:16]
+    assert details["verifier"]["min_similarity"] == config.dedup.min_similarity
+    assert details["verifier"]["min_probability"] == config.dedup.min_probability
     # the shipped lexical weight is the one the fixed valid_medium rule chose
     assert details["lexical_weight"]["chosen"] == config.encoder.lexical_weight > 0
 

@@ -46,6 +46,7 @@ WRITER = textwrap.dedent(
         f"cast({{version}} / 10.0 AS float) AS similarity_m",
         "cast(NULL AS float) AS similarity_t",
         "cast(NULL AS float) AS similarity_i",
+        "cast(NULL AS float) AS match_score",
         f"'v{{version}}' AS model_version",
         "'{DAY}' AS run_date",
     )

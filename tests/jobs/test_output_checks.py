@@ -59,7 +59,7 @@ def _good_embeddings() -> list[dict]:
     ]
 
 
-def _pair(left, right, similarity_m=0.9, similarity_t=0.8, similarity_i=None, supplier_id="s1"):
+def _pair(left, right, similarity_m=0.9, similarity_t=0.8, similarity_i=None, supplier_id="s1", match_score=0.7):
     return {
         "supplier_id": supplier_id,
         "listing_id_l": left,
@@ -67,6 +67,7 @@ def _pair(left, right, similarity_m=0.9, similarity_t=0.8, similarity_i=None, su
         "similarity_m": similarity_m,
         "similarity_t": similarity_t,
         "similarity_i": similarity_i,
+        "match_score": match_score,
         "model_version": "v1",
         "run_date": RUN_DATE,
     }
@@ -76,7 +77,11 @@ SUPPLIERS = [("a", "s1"), ("b", "s1"), ("c", "s1"), ("x", "s2"), ("y", "s2")]
 
 
 def _good_pairs() -> list[dict]:
-    return [_pair("a", "b", 1.0, 1.0, -1.0), _pair("a", "c", 0.85), _pair("x", "y", 0.95, supplier_id="s2")]
+    return [
+        _pair("a", "b", 1.0, 1.0, -1.0, match_score=1.0),
+        _pair("a", "c", 0.85, match_score=None),  # no verifier: null
+        _pair("x", "y", 0.95, supplier_id="s2", match_score=0.0),
+    ]
 
 
 def _group(group_id, size=2, supplier_id="s1"):
@@ -154,6 +159,7 @@ _bad_unknown = _good_pairs() + [_pair("a", "ghost")]  # ghost is in no catalogue
 _bad_sim_high = _good_pairs() + [_pair("b", "c", 0.9, 1.5)]
 _bad_sim_nan = _good_pairs() + [_pair("b", "c", float("nan"))]
 _bad_sim_null = _good_pairs() + [_pair("b", "c", None)]
+_bad_score = _good_pairs() + [_pair("b", "c", match_score=1.2)]
 _bad_group_size = _good_groups() + [_group("g-single", 1)]
 _bad_members_single = _good_members() + [_member("g-single", "d")]
 _bad_members_twice = _good_members() + [_member("g3", "a"), _member("g3", "e")]  # a is in g1 too
@@ -168,6 +174,7 @@ BROKEN = [
     pytest.param("pairs", _bad_sim_high, "pair_similarity_in_range", "listing_id_r=c", id="similarity-above-1"),
     pytest.param("pairs", _bad_sim_nan, "pair_similarity_in_range", "listing_id_r=c", id="similarity-nan"),
     pytest.param("pairs", _bad_sim_null, "pair_similarity_in_range", "listing_id_r=c", id="similarity-null"),
+    pytest.param("pairs", _bad_score, "pair_probability_in_range", "listing_id_r=c", id="score-above-1"),
     pytest.param("groups", _bad_group_size, "group_has_two_members", "g-single", id="group-size-1"),
     pytest.param("group_members", _bad_members_single, "group_has_two_members", "g-single", id="one-member"),
     pytest.param("group_members", _bad_members_twice, "group_member_unique", "listing_id=a", id="in-two-groups"),

@@ -234,6 +234,8 @@ def _write_wdc_file(folder: Path, split: str, offers: pd.DataFrame) -> None:
                     f"title_{side}": offer["title"],
                     f"brand_{side}": offer["brand"],
                     f"cluster_id_{side}": offer["cluster_id"],
+                    f"price_{side}": None,
+                    f"priceCurrency_{side}": None,
                 }
             )
         rows.append(row)
