@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("encode_throughput", ROOT / "bench" / "encode_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_small_run_writes_results_and_table(tmp_path):
-    bench = _bench()
+def test_small_run_writes_results_and_table(tmp_path, load_bench):
+    bench = load_bench("encode_throughput")
     readme = tmp_path / "README.md"
     readme.write_text(f"kept\n{bench.BEGIN}\nOLD\n{bench.END}\nkept too\n")
     out = tmp_path / "throughput.json"
@@ -37,7 +26,7 @@ def test_small_run_writes_results_and_table(tmp_path):
     assert "| hybrid | text-only | " in table
 
 
-def test_bad_arguments_exit_2(tmp_path):
+def test_bad_arguments_exit_2(tmp_path, load_bench):
     with pytest.raises(SystemExit) as exit_info:
-        _bench().main(["--repeats", "0", "--out", str(tmp_path / "x.json")])
+        load_bench("encode_throughput").main(["--repeats", "0", "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2

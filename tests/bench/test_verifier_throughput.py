@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("verifier_throughput", ROOT / "bench" / "verifier_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_small_run_writes_results_and_table(tmp_path):
-    bench = _bench()
+def test_small_run_writes_results_and_table(tmp_path, load_bench):
+    bench = load_bench("verifier_throughput")
     readme = tmp_path / "README.md"
     readme.write_text(f"kept\n{bench.BEGIN}\nOLD\n{bench.END}\nkept too\n")
     out = tmp_path / "verifier.json"
@@ -34,5 +23,8 @@ def test_small_run_writes_results_and_table(tmp_path):
     assert "| verifier on the candidates |" in table
 
 
-def test_bad_arguments_exit_2(tmp_path):
-    assert _bench().main(["--copies", "0", "--readme", "", "--out", str(tmp_path / "x.json")]) == 2
+def test_bad_arguments_exit_2(tmp_path, load_bench):
+    assert (
+        load_bench("verifier_throughput").main(["--copies", "0", "--readme", "", "--out", str(tmp_path / "x.json")])
+        == 2
+    )
