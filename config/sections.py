@@ -39,6 +39,13 @@ class WarehouseConfig:
     database: str = "dedup"  # Hive database holding every table
     metastore_uris: str = ""  # thrift://host:9083 of an external Hive metastore; "" = embedded
     metastore_jdbc_url: str = ""  # JDBC URL of a metastore DB; "" = Derby in paths.metastore_dir
+    # catalog / live_pairs folders per run date: pmod(xxhash64(supplier_id), supplier_buckets), so
+    # the pairs stage reads the day's suppliers' vectors without scanning everyone's
+    supplier_buckets: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.supplier_buckets <= 4096:
+            raise ValueError(f"warehouse.supplier_buckets={self.supplier_buckets} must be in 1..4096")
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,23 @@
 
 Finds duplicate and same-style listings inside each supplier, every night, for one day of listings.
 
-For the logical date D (the day of listings, `{{ ds }}`) it runs five Spark jobs, each a
+For the logical date D (the day of listings, `{{ ds }}`) it runs six Spark jobs, each a
 `spark-submit` of a module in `jobs/` (the same command runs by hand):
 
 1. **validate** `{listings_root}/dt=D/*.parquet` against the contract (Great Expectations);
    bad rows go to `dedup.quarantine` with the rule they broke;
 2. **embed** the valid listings with the unified encoder (GPU per task when configured);
-3. **pairs**: per supplier, D's listings against the supplier's catalogue (FAISS range search);
-4. **groups**: connected components of each supplier's pairs;
-5. **report**: `report.json` and the review page, from the warehouse tables.
+3. **catalog**: the previous night's catalogue with D's new, changed and deleted listings merged in;
+4. **pairs**: per supplier, D's listings against the supplier's catalogue (candidates, then the
+   pair verifier), and the live pair graph (yesterday's, less the changed listings' pairs, plus D's);
+5. **groups**: every supplier's groups over the live pair graph, with stable ids and lineage;
+6. **report**: `report.json` and the review page, from the warehouse tables.
 
-Every task replaces exactly D's partitions, so rerunning a day (Clear in the UI, or
-`airflow dags test dedup_nightly D`) is safe. Tasks retry twice. One run at a time: the default
-embedded Derby metastore admits one Spark application at a time.
+Every task replaces exactly D's partitions, so rerunning the latest day (Clear in the UI, or
+`airflow dags test dedup_nightly D`) is safe and gives the same tables. An earlier day is refused
+(later days were built on it): rerun it with the `dedup_backfill` DAG, which reruns every later
+day in order. Tasks retry twice. One run at a time: the default embedded Derby metastore admits
+one Spark application at a time.
 
 Every Spark task takes the one slot of the Airflow pool `sspr_warehouse`, so Spark jobs that open
 the metastore never overlap, whichever run or DAG they belong to (a manual rerun of another date
@@ -45,7 +49,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
-STAGES = ("validate", "embed", "pairs", "groups", "report")
+STAGES = ("validate", "embed", "catalog", "pairs", "groups", "report")  # jobs.stage.PIPELINE_STAGES
 # One slot: the embedded Derby metastore admits one Spark application at a time (docs/STACK.md §9).
 WAREHOUSE_POOL = "sspr_warehouse"
 # Wait between a failed attempt and its retry (SSPR_RETRY_DELAY_S seconds; default 5 minutes).
@@ -70,7 +74,7 @@ RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300
             minimum=-1,
             maximum=1,
             title="Minimum similarity",
-            description="similarity_m at or above which two listings pair; empty = the config's value",
+            description="similarity_m at or above which two listings are candidates; empty = the config's value",
         ),
     },
 )

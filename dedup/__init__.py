@@ -11,20 +11,30 @@ from dedup.config import DedupConfig
 _LAZY = {
     "ClusterResult": "dedup.cluster",
     "cluster_pairs": "dedup.cluster",
-    "make_group_id": "dedup.cluster",
+    "find_bridges": "dedup.cluster",
     "FoundPairs": "dedup.search",
     "find_pairs": "dedup.search",
     "find_pairs_by_id": "dedup.search",
+    "IdAssignment": "dedup.lineage",
+    "LineageEvent": "dedup.lineage",
+    "PreviousGroup": "dedup.lineage",
+    "assign_group_ids": "dedup.lineage",
+    "make_new_group_id": "dedup.lineage",
 }
 
 __all__ = [
     "ClusterResult",
     "DedupConfig",
     "FoundPairs",
+    "IdAssignment",
+    "LineageEvent",
+    "PreviousGroup",
+    "assign_group_ids",
     "cluster_pairs",
+    "find_bridges",
     "find_pairs",
     "find_pairs_by_id",
-    "make_group_id",
+    "make_new_group_id",
 ]
 
 

@@ -26,6 +26,10 @@ class DedupConfig:
     min_probability_source: str = ""  # provenance of min_probability, like min_similarity_source
     max_results_per_query: int = 50  # per-query budget; more hits are cut and flagged saturated
     query_block_size: int = 2048  # queries per pair-search task (splits giant suppliers)
+    # groups over the live pair graph: "components" (connected components) or "average"
+    # (average-link within each component, missing links count 0: resists chaining)
+    grouping: str = "components"
+    min_group_link: float = 0.5  # "average": merge two clusters while their average link reaches it
     backend: str = "faiss"  # "faiss" (IndexFlatIP range search) or "blocked" (matmul; GPU path)
     device: str = "cpu"  # device for the "blocked" backend: "cpu" or "cuda[:N]"
 
@@ -39,6 +43,10 @@ class DedupConfig:
             problems.append("dedup.max_results_per_query must be >= 1")
         if self.query_block_size < 1:
             problems.append("dedup.query_block_size must be >= 1")
+        if self.grouping not in ("components", "average"):
+            problems.append(f"dedup.grouping={self.grouping!r} must be 'components' or 'average'")
+        if not 0.0 <= self.min_group_link <= 1.0:
+            problems.append(f"dedup.min_group_link={self.min_group_link} must be in [0, 1]")
         if self.backend not in ("faiss", "blocked"):
             problems.append(f"dedup.backend={self.backend!r} must be 'faiss' or 'blocked'")
         if problems:

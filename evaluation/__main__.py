@@ -24,6 +24,8 @@ from benchmarks.datasets import GROCERY_FOLDER, LEIPZIG_MAPPINGS, WDC_FOLDER
 from config import ConfigError, load_config
 from config.command import add_shortcut, command_parser, run_command
 from config.errors import DedupError
+from evaluation.grouping import TASK as GROUPING_TASK
+from evaluation.grouping import evaluate_grouping
 from evaluation.methods import (
     EFFICIENTNET,
     MINILM,
@@ -41,7 +43,7 @@ from evaluation.verified import evaluate_verified
 logger = logging.getLogger("evaluation")
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = {**SIMILARITY_TASKS, "verified": evaluate_verified}
+TASKS = {**SIMILARITY_TASKS, "verified": evaluate_verified, "grouping": evaluate_grouping}
 """Task groups in run order; ``verified`` scores the config's verified pipeline (``dedup.verifier``)."""
 METHOD_ORDER = [TFIDF, MINILM, EFFICIENTNET, *(encoder_method(v) for v in ("m", "t", "i")), *VERIFIED_METHODS]
 REQUIRED = [WDC_FOLDER, GROCERY_FOLDER, *sorted({f for f, *_ in LEIPZIG_MAPPINGS.values()})]
@@ -212,7 +214,9 @@ def evaluate(args, config) -> int:
     write_json(args.out.with_name(args.out.stem + "_details.json"), details)
     if args.readme:
         order = METHOD_ORDER + [encoder_method(v, label) for label in compared for v in "mti"]
-        update_readme(Path(args.readme), render_tables(records, order))
+        # the grouping grid has its own table (bench/README.md "Chaining control")
+        tabled = [r for r in records if r["task"] != GROUPING_TASK]
+        update_readme(Path(args.readme), render_tables(tabled, order))
     logger.info("wrote %d records to %s in %.1fs", len(records), args.out, time.perf_counter() - started)
     if details["calibrated_min_similarity"] is None:
         logger.warning(

@@ -32,6 +32,7 @@ import pandas as pd
 from benchmarks.datasets import (
     WDC_TEST,
     WDC_VALID,
+    MatchingTask,
     grocery_title,
     read_grocery,
     read_leipzig_matching,
@@ -225,18 +226,27 @@ def _wdc(run: Run, verifier: Verifier) -> None:
         )
 
 
+def matching_inputs(run: Run, task: MatchingTask) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+    """The verifier's inputs for a Leipzig task's records, left table then right table.
+
+    Returns:
+        ``(m, t, parsed, lexical)``: the encoder's ``m`` and ``t`` vectors (cached under
+        ``leipzig-<task>``), the parsed titles and the lexical vectors, one row per record.
+    """
+    both = pd.concat([task.left, task.right], ignore_index=True)
+    titles = both["title"].tolist()
+    vectors = text_vectors(run, f"leipzig-{task.name}", titles, (encoder_method("m"), encoder_method("t")))
+    m, t = vectors[encoder_method("m")], vectors[encoder_method("t")]
+    return m, t, parse_listings(titles, both["brand"], both["price"]), _lexical(run, titles)
+
+
 def _leipzig(run: Run, verifier: Verifier, name: str) -> None:
     """A Leipzig matching task: left records query the right table; then the Google groups."""
     dedup = run.dedup
     task = read_leipzig_matching(run.shared, name, run.limit)
     left, right = task.left, task.right
     n_left = len(left)
-    both = pd.concat([left, right], ignore_index=True)
-    titles = both["title"].tolist()
-    vectors = text_vectors(run, f"leipzig-{name}", titles, (encoder_method("m"), encoder_method("t")))
-    m, t = vectors[encoder_method("m")], vectors[encoder_method("t")]
-    parsed = parse_listings(titles, both["brand"], both["price"])
-    lexical = _lexical(run, titles)
+    m, t, parsed, lexical = matching_inputs(run, task)
     found = find_pairs(m[:n_left], m[n_left:], dedup.min_similarity, max_results_per_query=dedup.max_results_per_query)
     q, x = found.query_idx, found.index_idx + n_left
     top_left = neighbour_similarities(
@@ -275,6 +285,41 @@ def _leipzig(run: Run, verifier: Verifier, name: str) -> None:
         _google_within_supplier(run, verifier, task, m[n_left:], t[n_left:], parsed[n_left:], lexical[n_left:])
 
 
+def verified_catalogue_pairs(
+    run: Run, verifier: Verifier, ids: np.ndarray, m: np.ndarray, t: np.ndarray, parsed: list, lexical: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One catalogue as one supplier, as the pairs stage runs it: candidates, then the verifier.
+
+    Candidates are ``find_pairs_by_id`` over the catalogue at ``dedup.min_similarity`` (within
+    the per-query budget); each gets the verifier's match probability (no images).
+
+    Args:
+        run: the run (its ``dedup`` section sets the operating point).
+        verifier: the pair verifier.
+        ids: [n] str listing ids of the catalogue's rows.
+        m, t: float32 [n, dim] the encoder's vectors.
+        parsed, lexical: per row, as ``pair_features`` takes them.
+
+    Returns:
+        ``(left_ids, right_ids, similarity, probability)``: [p] per candidate, ``left < right``,
+        similarity float64, probability float64.
+    """
+    dedup = run.dedup
+    table, _ = find_pairs_by_id(ids, m, ids, m, dedup.min_similarity, max_results_per_query=dedup.max_results_per_query)
+    left_ids = table["listing_id_l"].to_numpy(zero_copy_only=False)
+    right_ids = table["listing_id_r"].to_numpy(zero_copy_only=False)
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    a, b = position.loc[left_ids].to_numpy(), position.loc[right_ids].to_numpy()
+    top = neighbour_similarities(
+        m, m, np.arange(len(ids)), verifier.neighbour_min_similarity, verifier.neighbour_budget
+    )
+    has_text = np.abs(t).sum(axis=1) > 0
+    similarity = table["similarity"].to_numpy().astype(np.float64)
+    sim_t = modality_similarity(t, has_text, a, b)
+    features = pair_features(parsed, lexical, a, b, similarity, sim_t, np.full(len(a), np.nan), top[a], top[b])
+    return left_ids, right_ids, similarity, verifier.probabilities(features)
+
+
 def _google_within_supplier(run: Run, verifier, task, m, t, parsed, lexical) -> None:
     """All Google records as one supplier: verified pairs and their groups."""
     dedup = run.dedup
@@ -286,20 +331,11 @@ def _google_within_supplier(run: Run, verifier, task, m, t, parsed, lexical) -> 
         for k, a in enumerate(group)
         for b in group[k + 1 :]
     }
-    table, _ = find_pairs_by_id(ids, m, ids, m, dedup.min_similarity, max_results_per_query=dedup.max_results_per_query)
-    left_ids = table["listing_id_l"].to_numpy(zero_copy_only=False)
-    right_ids = table["listing_id_r"].to_numpy(zero_copy_only=False)
-    position = pd.Series(np.arange(len(ids)), index=ids)
-    a, b = position.loc[left_ids].to_numpy(), position.loc[right_ids].to_numpy()
+    left_ids, right_ids, similarity, probability = verified_catalogue_pairs(run, verifier, ids, m, t, parsed, lexical)
     n = len(ids)
-    top = neighbour_similarities(m, m, np.arange(n), verifier.neighbour_min_similarity, verifier.neighbour_budget)
-    has_text = np.abs(t).sum(axis=1) > 0
-    similarity = table["similarity"].to_numpy().astype(np.float64)
-    sim_t = modality_similarity(t, has_text, a, b)
-    features = pair_features(parsed, lexical, a, b, similarity, sim_t, np.full(len(a), np.nan), top[a], top[b])
-    keep = verifier.probabilities(features) >= dedup.min_probability
+    keep = probability >= dedup.min_probability
     dataset, name = "leipzig:google_within_supplier", "duplicate-groups"
-    for method, mask in ((CANDIDATES, np.ones(len(a), dtype=bool)), (VERIFIER, keep)):
+    for method, mask in ((CANDIDATES, np.ones(len(left_ids), dtype=bool)), (VERIFIER, keep)):
         pairs = set(zip(left_ids[mask].tolist(), right_ids[mask].tolist(), strict=True))
         run.add_scores(dataset, name, method, pair_set_scores(pairs, true_pairs), n, suffix="_pairs@pipeline")
         labels = group_labels(ids, left_ids[mask], right_ids[mask], similarity[mask].astype(np.float32))

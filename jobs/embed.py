@@ -8,7 +8,10 @@ fatal: the listing is embedded text-only and ``image_error`` says why. A listing
 usable title nor a usable image (a blank title and a corrupt image) gets no vectors, is kept out of
 the catalogue and is counted as skipped (``not_embeddable``). Deleted listings (``is_deleted``) are
 written as tombstones without vectors and counted as skipped, so
-rows_in = rows_out + rows_skipped. Before anything is written, the output suite checks that every
+rows_in = rows_out + rows_skipped. With ``--reembed`` (after a model change) the stage also
+re-embeds, from their latest ``listings`` row, every listing of the previous catalogue whose vectors
+are of another model version, so the whole catalogue moves to the configured encoder's version
+(they count in rows_in and in ``details.reembedded``). Before anything is written, the output suite checks that every
 vector has the encoder's width and unit norm (``jobs.warehouse.publish``).
 
     spark-submit jobs/embed.py --run-date 2024-03-01 --config conf/sspr.toml
@@ -218,14 +221,45 @@ def tombstones(listings):
     )
 
 
+def stale_listings(spark, database: str, run_date: str, encoder_config: EncoderConfig):
+    """The latest ``listings`` row of every listing in the previous catalogue whose vectors are of
+    another model version than ``encoder_config``'s; None without a previous catalogue."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from encoder.factory import compute_model_version
+    from jobs.warehouse import previous_run_date
+
+    previous = previous_run_date(spark, database, "catalog", run_date)
+    if previous is None:
+        return None
+    current = compute_model_version(encoder_config)
+    stale = (
+        spark.table(f"{database}.catalog")
+        .filter((F.col("run_date") == previous) & (F.col("model_version") != current))
+        .select("listing_id", "updated_at")
+    )
+    latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
+    rows = spark.table(f"{database}.listings").join(stale, on=["listing_id", "updated_at"], how="left_semi")
+    return rows.withColumn("_rank", F.row_number().over(latest)).filter("_rank = 1").drop("_rank")
+
+
 def run(ctx: StageContext) -> StageResult:
     """Embeds the run date's listings and writes the `embeddings` partition."""
     from pyspark.sql import functions as F
 
     from jobs.warehouse import ensure_tables, publish
 
-    ensure_tables(ctx.spark, ctx.database, ["listings"])
+    ensure_tables(ctx.spark, ctx.database, ["listings", "catalog"])
     listings = ctx.spark.table(f"{ctx.database}.listings").filter(F.col("run_date") == ctx.run_date)
+    reembedded = 0
+    if getattr(ctx.args, "reembed", False):
+        stale = stale_listings(ctx.spark, ctx.database, ctx.run_date, ctx.config.encoder)
+        if stale is not None:
+            stale = stale.join(listings.select("listing_id"), on="listing_id", how="left_anti").persist()
+            reembedded = stale.count()
+            listings = listings.unionByName(stale)
+            log.info("re-embedding %d catalogue listings of other model versions", reembedded)
     rows_in = listings.count()
     partitions = max(1, min(ctx.spark.sparkContext.defaultParallelism, rows_in // 64 + 1))
     embedded = embed_listings(listings, ctx.config.encoder, partitions)
@@ -262,6 +296,7 @@ def run(ctx: StageContext) -> StageResult:
             "with_image": int(stats["with_image"] or 0),
             "image_errors": int(stats["image_errors"] or 0),
             "model_versions": versions,
+            "reembedded": reembedded,
             "tasks": partitions,
         },
     )

@@ -1,22 +1,29 @@
-"""pairs: per supplier, the run date's new listings against that supplier's catalogue -> `pairs`.
+"""pairs: per supplier, the run date's new listings against that supplier's catalogue -> `pairs`, `live_pairs`.
 
-The catalogue of run date D is every listing's latest embedding with ``run_date <= D`` (deleted
-listings removed), which includes D's own listings, so duplicates arriving the same night are found
-too. Search is exact (``dedup.find_pairs``: faiss ``IndexFlatIP`` range search at
+The queries are the listings embedded on D (new or changed); the index is the supplier's rows of
+D's ``catalog`` (``jobs/catalog.py``: every live listing's latest vectors, D's included, so
+duplicates arriving the same night are found too). Only the bucket folders of D's suppliers are
+read. Search is exact (``dedup.find_pairs``: faiss ``IndexFlatIP`` range search at
 ``dedup.min_similarity`` on ``m``); each pair is written once (``listing_id_l < listing_id_r``) with
 its ``similarity_m`` and the per-modality evidence ``similarity_t`` / ``similarity_i`` (null where
 either side lacks the modality). A supplier's new listings are split into blocks of
 ``dedup.query_block_size`` so a giant supplier becomes several tasks. A query with more hits than
-``dedup.max_results_per_query`` keeps its best ones and is counted as saturated.
+``dedup.max_results_per_query`` keeps its best ones and is counted as saturated. Listings whose
+vectors are of another model version than D's are left out (and counted).
 
 With a verifier (``dedup.verifier``; bench/README.md "Verified matching") the search finds
 *candidates* at a recall-oriented ``dedup.min_similarity``; in the same task the verifier scores
 each candidate's match probability from ``dedup.features`` (the similarities, the two listings'
-titles, brands and prices from the ``listings`` table, and each side's neighbours in the
-supplier's catalogue), and a candidate becomes a pair when it reaches ``dedup.min_probability``.
-The verifier and the lexical vectorizer are built once per Python worker.
+titles, brands and prices from the catalogue, and each side's neighbours in the supplier's
+catalogue), and a candidate becomes a pair when it reaches ``dedup.min_probability``. The
+verifier and the lexical vectorizer are built once per Python worker.
 
-Before the partition is written, the output suite checks that both listings of every pair belong
+``live_pairs`` of D is the live pair graph the groups stage reads: the previous night's, less
+every pair of a listing embedded or deleted on D (those pairs were found with vectors the listing
+no longer has), plus D's pairs (``found_on`` = D). Without a previous night it is built from
+the whole ``pairs`` history once.
+
+Before the partitions are written, the output suite checks that both listings of every pair belong
 to the pair's supplier and that similarities lie within [-1, 1], probabilities within [0, 1]
 (``jobs.warehouse.publish``).
 
@@ -44,28 +51,6 @@ log = logging.getLogger(__name__)
 STAGE = "pairs"
 
 
-def catalogue_as_of(embeddings, run_date: str):
-    """Returns each listing's latest embedding up to ``run_date``, without deleted listings.
-
-    Args:
-        embeddings: the ``embeddings`` table.
-        run_date: the run date D.
-
-    Returns:
-        One row per live listing.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
-    return (
-        embeddings.filter(F.col("run_date") <= run_date)
-        .withColumn("_rank", F.row_number().over(latest))
-        .filter("_rank = 1 AND NOT is_deleted AND emb_m IS NOT NULL")
-        .drop("_rank")
-    )
-
-
 def _stack(column: pd.Series) -> np.ndarray:
     if len(column) == 0:
         return np.zeros((0, 0), dtype=np.float32)
@@ -76,7 +61,7 @@ _WORKER_CACHE: dict[tuple, object] = {}
 """Per Python worker: the verifier and the lexical vectorizer, built on first use."""
 
 VERIFIER_COLUMNS = ("title", "brand", "price", "currency")
-"""The listing attributes the verifier reads, joined onto the catalogue from ``listings``."""
+"""The listing attributes the verifier reads; the catalogue carries them."""
 
 
 def get_verifier(path: str):
@@ -274,8 +259,8 @@ def find_supplier_pairs(
 
     Args:
         queries: the run date's live embeddings.
-        catalogue: ``catalogue_as_of(...)`` restricted to the queries' model version, with
-            ``VERIFIER_COLUMNS`` when ``dedup_config.verifier`` is set.
+        catalogue: the suppliers' ``catalog`` rows restricted to the queries' model version (they
+            carry ``VERIFIER_COLUMNS``).
         dedup_config: the search and verifier settings.
         run_date: stamped on the output.
         encoder_config: the encoder's lexical settings (needed with a verifier).
@@ -325,27 +310,6 @@ def find_supplier_pairs(
     return pairs, saturated, found
 
 
-def with_listing_attributes(catalogue, listings):
-    """Adds ``VERIFIER_COLUMNS`` to catalogue rows from the ``listings`` row that was embedded.
-
-    Args:
-        catalogue: one row per live listing (``catalogue_as_of``).
-        listings: the ``listings`` table.
-
-    Returns:
-        The catalogue with title, brand, price and currency (null where the listing row is gone).
-    """
-    from pyspark.sql import functions as F
-
-    attributes = listings.select(
-        F.col("listing_id").alias("listing_id"),
-        F.col("run_date").alias("run_date"),
-        F.col("updated_at").alias("updated_at"),
-        *(F.col(c).alias(c) for c in VERIFIER_COLUMNS),
-    ).dropDuplicates(["listing_id", "run_date", "updated_at"])
-    return catalogue.join(attributes, on=["listing_id", "run_date", "updated_at"], how="left")
-
-
 def check_verifier(dedup_config: DedupConfig, encoder_config: EncoderConfig, model_version: str | None):
     """Loads the configured verifier on the driver and checks it fits the run's embeddings.
 
@@ -369,49 +333,133 @@ def check_verifier(dedup_config: DedupConfig, encoder_config: EncoderConfig, mod
     return verifier
 
 
-def run(ctx: StageContext) -> StageResult:
-    """Finds the run date's pairs and writes the `pairs` partition."""
+def live_graph(previous, touched, day_pairs, n_buckets: int, run_date: str):
+    """The live pair graph of night D: night D-1's, less every pair of a touched listing, plus D's pairs.
+
+    Args:
+        previous: the previous night's ``live_pairs`` rows.
+        touched: ``listing_id`` of every listing embedded (new, changed) or deleted on D: their
+            old pairs were found with vectors they no longer have (their new pairs are in
+            ``day_pairs``).
+        day_pairs: the run date's ``pairs`` rows.
+        n_buckets: ``warehouse.supplier_buckets``.
+        run_date: D.
+
+    Returns:
+        Rows of the ``live_pairs`` contract for D.
+    """
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables, publish
+    columns = [c for c in PAIRS.names if c != "run_date"]
+    ids = touched.select("listing_id").distinct()
+    carried = (
+        previous.join(ids.withColumnRenamed("listing_id", "listing_id_l"), on="listing_id_l", how="left_anti")
+        .join(ids.withColumnRenamed("listing_id", "listing_id_r"), on="listing_id_r", how="left_anti")
+        .select(*columns, "found_on")
+    )
+    fresh = day_pairs.select(*columns, F.lit(run_date).alias("found_on"))
+    return _as_graph(carried.unionByName(fresh), n_buckets, run_date)
 
-    ensure_tables(ctx.spark, ctx.database, ["embeddings"])
-    embeddings = ctx.spark.table(f"{ctx.database}.embeddings")
-    queries = embeddings.filter(
-        (F.col("run_date") == ctx.run_date) & ~F.col("is_deleted") & F.col("emb_m").isNotNull()
-    ).persist()
+
+def _as_graph(rows, n_buckets: int, run_date: str):
+    """Stamps live-graph rows with the run date and bucket, laid out one sorted file set per bucket."""
+    from pyspark.sql import functions as F
+
+    from jobs.catalog import supplier_bucket
+
+    return (
+        rows.withColumn("run_date", F.lit(run_date))
+        .withColumn("supplier_bucket", supplier_bucket(n_buckets))
+        .repartition("supplier_bucket")
+        .sortWithinPartitions("supplier_id", "listing_id_l", "listing_id_r")
+    )
+
+
+def live_graph_from_history(pairs_history, catalogue, day_pairs, n_buckets: int, run_date: str):
+    """The live pair graph of night D from every earlier night's ``pairs`` (no previous graph).
+
+    A pair found on night d is live when both its listings are in D's catalogue with vectors
+    embedded on or before d, of the pair's model version: what the nightly updates keep.
+
+    Returns:
+        Rows of the ``live_pairs`` contract for D.
+    """
+    from pyspark.sql import functions as F
+
+    earlier = pairs_history.filter(F.col("run_date") < run_date).withColumnRenamed("run_date", "found_on")
+    vectors = catalogue.select("listing_id", "embedded_on", F.col("model_version").alias("_version"))
+    for side in ("listing_id_l", "listing_id_r"):
+        side_vectors = vectors.select(
+            F.col("listing_id").alias(side), F.col("embedded_on").alias("_on"), F.col("_version")
+        )
+        earlier = (
+            earlier.join(side_vectors, on=side)
+            .filter((F.col("_on") <= F.col("found_on")) & (F.col("_version") == F.col("model_version")))
+            .drop("_on", "_version")
+        )
+    columns = [c for c in PAIRS.names if c != "run_date"]
+    fresh = day_pairs.select(*columns, F.lit(run_date).alias("found_on"))
+    return _as_graph(earlier.select(*columns, "found_on").unionByName(fresh), n_buckets, run_date)
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Finds the run date's pairs; writes the `pairs` and `live_pairs` partitions."""
+    from pyspark.sql import functions as F
+
+    from jobs.catalog import read_catalogue, suppliers_buckets
+    from jobs.warehouse import ensure_tables, previous_run_date, publish, stage_run_dates
+
+    db, day = ctx.database, ctx.run_date
+    ensure_tables(ctx.spark, db, ["embeddings", "catalog", "pairs", "live_pairs"])
+    if day not in stage_run_dates(ctx.spark, db, "catalog"):
+        raise DedupError(f"there is no catalogue for {day}: run the catalog stage for it first")
+    previous = previous_run_date(ctx.spark, db, "catalog", day)
+    if previous is not None and previous not in stage_run_dates(ctx.spark, db, STAGE):
+        raise DedupError(
+            f"the pairs stage did not finish for {previous}, the previous catalogued night, so there is no "
+            f"pair graph to carry forward: rerun {previous} first (dedup_backfill start_date={previous})"
+        )
+    touched = ctx.spark.table(f"{db}.embeddings").filter(F.col("run_date") == day).select("listing_id", "supplier_id")
+    day_suppliers = [r[0] for r in touched.select("supplier_id").distinct().collect()]
+    n_buckets = ctx.config.warehouse.supplier_buckets
+    buckets = suppliers_buckets(day_suppliers, ctx.spark, n_buckets)
+    # only the day's suppliers' folders of the catalogue are read
+    catalogue = read_catalogue(ctx.spark, db, day, buckets).filter(F.col("supplier_id").isin(day_suppliers))
+    queries = catalogue.filter(F.col("embedded_on") == day).persist()
     rows_in = queries.count()
     versions = [r[0] for r in queries.select("model_version").distinct().collect()]
     if len(versions) > 1:
         raise DedupError(
-            f"run date {ctx.run_date} has embeddings of several model versions {versions}; "
-            "re-run the embed stage for it"
+            f"run date {day} has embeddings of several model versions {versions}; re-run the embed stage for it"
         )
-    catalogue = catalogue_as_of(embeddings, ctx.run_date)
     stale = 0
     if versions:
         stale = catalogue.filter(F.col("model_version") != versions[0]).count()
         if stale:
             log.warning(
                 "%d catalogue listings have embeddings of another model version and are left out; "
-                "re-embed them (backfill with re-embed) to compare them again",
+                "re-embed them (dedup_backfill with reembed) to compare them again",
                 stale,
             )
         catalogue = catalogue.filter(F.col("model_version") == versions[0])
     dedup_config, encoder_config = ctx.config.dedup, ctx.config.encoder
     verifier = check_verifier(dedup_config, encoder_config, versions[0] if versions else None)
-    if verifier is not None:
-        ensure_tables(ctx.spark, ctx.database, ["listings"])
-        catalogue = with_listing_attributes(catalogue, ctx.spark.table(f"{ctx.database}.listings"))
-    pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, ctx.run_date, encoder_config)
+    pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, day, encoder_config)
+    if previous is None:
+        log.info("no pair graph before %s: building it from the pairs history", day)
+        everything = ctx.spark.table(f"{db}.catalog").filter(F.col("run_date") == day)
+        live = live_graph_from_history(ctx.spark.table(f"{db}.pairs"), everything, pairs, n_buckets, day)
+    else:
+        previous_graph = ctx.spark.table(f"{db}.live_pairs").filter(F.col("run_date") == previous)
+        live = live_graph(previous_graph, touched, pairs, n_buckets, day)
     try:
         written = publish(
             ctx.spark,
-            {"pairs": pairs},
+            {"pairs": pairs, "live_pairs": live},
             ctx.database,
-            {"run_date": ctx.run_date},
+            {"run_date": day},
             listing_suppliers=catalogue.select("listing_id", "supplier_id"),
-        )["pairs"]
+        )
         saturated_ids = [r["listing_id_l"] for r in saturated.distinct().limit(1000).collect()]
         candidates = found.filter("kind = 'candidates'").agg(F.sum("candidates")).first()[0] or 0
         catalogue_size = catalogue.count()
@@ -428,7 +476,7 @@ def run(ctx: StageContext) -> StageResult:
         )
     return StageResult(
         rows_in=rows_in,
-        rows_out=written,
+        rows_out=written["pairs"],
         details={
             "min_similarity": dedup_config.min_similarity,
             "candidates": int(candidates),
@@ -436,6 +484,9 @@ def run(ctx: StageContext) -> StageResult:
             "verifier": verifier.digest[:16] if verifier is not None else None,
             "min_probability": dedup_config.min_probability if verifier is not None else None,
             "catalogue_size": catalogue_size,
+            "catalogue_buckets_read": len(buckets),
+            "live_pairs": written["live_pairs"],
+            "graph_from": previous,
             "stale_model_version": stale,
             "saturated_queries": len(saturated_ids),
             "model_version": versions[0] if versions else None,

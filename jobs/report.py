@@ -1,7 +1,8 @@
 """report: the run date's summary and review page, from the warehouse tables.
 
-Writes ``{paths.reports_dir}/run_date=D/report.json`` (run metrics per stage, every group with its
-members' titles and prices and the per-modality similarity of its pairs) and ``review.html`` (the
+Writes ``{paths.reports_dir}/run_date=D/report.json`` (run metrics per stage, every supplier's
+groups as of D with their members' titles and prices and the per-modality similarity of their
+live pairs, also those found on earlier nights, and D's lineage events) and ``review.html`` (the
 same groups with thumbnails, for the governance team; every listing field is HTML-escaped). The
 folder is written beside the old one and swapped in, so a reader never sees half a report.
 
@@ -79,12 +80,23 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
         .select("listing_id", "title", "brand", "price", "currency", "image")
     )
     member_rows = members.join(attributes, on="listing_id", how="left").collect()
+    # every live pair inside a shown group, also those found on earlier nights
+    side = lambda name: members.select(F.col("listing_id").alias(name), "group_id")
     pairs = (
-        table("pairs")
+        table("live_pairs")
         .filter(F.col("run_date") == day)
-        .join(members.select(F.col("listing_id").alias("listing_id_l"), "group_id"), on="listing_id_l")
+        .join(side("listing_id_l"), on="listing_id_l")
+        .join(side("listing_id_r"), on=["listing_id_r", "group_id"])
         .collect()
     )
+    lineage = [
+        r.asDict()
+        for r in table("group_lineage")
+        .filter(F.col("run_date") == day)
+        .orderBy("supplier_id", "group_id", "event", "other_group_id")
+        .drop("run_date")
+        .collect()
+    ]
 
     images: dict[str, bytes] = {}
     by_group: dict[str, dict[str, Any]] = {
@@ -110,6 +122,7 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
             {
                 "listing_id_l": p["listing_id_l"],
                 "listing_id_r": p["listing_id_r"],
+                "found_on": p["found_on"],
                 **{k: _clean(p[k]) for k in ("similarity_m", "similarity_t", "similarity_i", "match_score")},
             }
         )
@@ -124,6 +137,7 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
         "metrics": metrics,
         "groups_total": table("groups").filter(F.col("run_date") == day).count(),
         "groups": list(by_group.values()),
+        "lineage": lineage,
     }
     return report, images
 
@@ -187,8 +201,9 @@ def render_review_page(report: dict[str, Any], images: dict[str, bytes]) -> str:
     for group in report["groups"]:
         parts.append(
             f"<div class='group' id='{e(group['group_id'])}'><h3>Group {e(group['group_id'])} · supplier "
-            f"{e(group['supplier_id'])} · {e(group['size'])} listings · weakest link "
-            f"{_fmt(group['weakest_similarity'])}</h3><table><tr><th></th><th>listing</th><th>title</th>"
+            f"{e(group['supplier_id'])} · {e(group['size'])} listings · since {e(group.get('created_on'))} · "
+            f"weakest link {_fmt(group['weakest_similarity'])}"
+            f"{' · held by a bridge' if group.get('has_bridge') else ''}</h3><table><tr><th></th><th>listing</th><th>title</th>"
             "<th>brand</th><th>price</th></tr>"
         )
         for member in group["members"]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config.command import add_shortcut, command_parser, run_command
+from config.errors import DedupError
 from config.sections import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class StageContext:
         return self.config.warehouse.database
 
 
-def _iso_date(value: str) -> str:
+def iso_date(value: str) -> str:
+    """argparse type: an ISO date (YYYY-MM-DD), normalised."""
     try:
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
@@ -79,13 +81,57 @@ def build_parser(stage: str, description: str | None) -> argparse.ArgumentParser
     parser.add_argument(
         "--run-date",
         required=True,
-        type=_iso_date,
+        type=iso_date,
         help="the run's logical date (YYYY-MM-DD); its partitions are replaced",
+    )
+    parser.add_argument(
+        "--backfill-through",
+        type=iso_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="a backfill that reruns every date up to this one in order (dedup_backfill passes it): "
+        "allows rerunning this date although later dates exist, up to this one",
+    )
+    parser.add_argument(
+        "--reembed",
+        action="store_true",
+        help="embed stage: also re-embed every catalogue listing whose vectors are of another model "
+        "version than the configured encoder's (after a model change; dedup_backfill reembed=true)",
     )
     add_shortcut(
         parser, "--min-similarity", "dedup.min_similarity", "the pair threshold for this run; empty = keep the config's"
     )
     return parser
+
+
+PIPELINE_STAGES = ("validate", "embed", "catalog", "pairs", "groups", "report")
+"""The nightly stages in run order (``dags/dedup_nightly.py`` runs the same chain)."""
+
+CHAINED_STAGES = PIPELINE_STAGES[:-1]
+"""Stages whose output for a date feeds the next date's (catalogue, live pair graph, group ids)."""
+
+
+def check_later_dates(ctx: StageContext) -> None:
+    """Refuses to rerun a date that later dates were built on, outside a backfill that reruns them.
+
+    The catalogue, the live pair graph and the group ids of date D+1 are built from D's, so
+    rerunning D alone would leave D+1.. inconsistent with it.
+
+    Raises:
+        DedupError: later dates exist beyond ``--backfill-through`` (the message says what to run).
+    """
+    from jobs.warehouse import stage_run_dates
+
+    through = getattr(ctx.args, "backfill_through", None) or ctx.run_date
+    later = [d for d in stage_run_dates(ctx.spark, ctx.database, "catalog") if d > through]
+    if later:
+        raise DedupError(
+            f"run date {ctx.run_date} is not the latest: {len(later)} later dates ({later[0]} .. {later[-1]}) "
+            f"were built on it, and rerunning it alone would leave them inconsistent. Rerun it with "
+            f"the dedup_backfill DAG (start_date={ctx.run_date}, end_date={later[-1]}), which reruns "
+            "every date in order, or `python -m jobs.backfill --start-date "
+            f"{ctx.run_date} --end-date {later[-1]}`"
+        )
 
 
 def write_resolved_config(config: PipelineConfig, stage: str, run_date: str) -> Path:
@@ -182,6 +228,8 @@ def run_stage(
         hold_metastore_lock(config)  # a second job on the embedded metastore waits here
         spark = build_spark(config, f"sspr-{stage}-{args.run_date}")
         ctx = StageContext(stage=stage, run_date=args.run_date, config=config, spark=spark, args=args)
+        if stage in CHAINED_STAGES:
+            check_later_dates(ctx)
         config_path = write_resolved_config(config, stage, args.run_date)
         result = run(ctx)
         fail_once_drill(stage, args.run_date)

@@ -2,8 +2,10 @@
 
     python -m jobs.summary --config conf/sspr.toml 2024-03-01 2024-03-02 2024-03-03
 
-For each run date: rows read / validated / quarantined / embedded, pairs and groups; then the
-biggest groups with their titles, and where the warehouse tables and review pages live.
+For each run date: rows read / validated / quarantined / embedded, pairs, groups and what happened
+to group ids; then the biggest groups as of the last date (every supplier's whole catalogue) with
+their titles, how many ids carried over from the night before, and where the tables and review
+pages live.
 """
 
 from __future__ import annotations
@@ -60,12 +62,19 @@ def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
         rules = (r["metrics"].get("validate") or {}).get("details", {}).get("quarantined_by_rule") or {}
         if rules:
             lines.append(" " * 12 + "quarantined: " + ", ".join(f"{k}={v}" for k, v in sorted(rules.items())))
-    groups = [g | {"run_date": r["run_date"]} for r in reports for g in r["groups"]]
-    groups.sort(key=lambda g: (-g["size"], g["run_date"], g["group_id"]))
-    lines += ["", f"biggest groups (of {len(groups)}):"]
-    for g in groups[:top]:
+        events = (r["metrics"].get("groups") or {}).get("details", {}).get("lineage") or {}
+        if events:
+            lines.append(" " * 12 + "group ids: " + ", ".join(f"{k}={v}" for k, v in sorted(events.items())))
+    last = reports[-1]
+    lines += ["", f"groups as of {last['run_date']}, every supplier's whole catalogue (of {last['groups_total']}):"]
+    if len(reports) > 1:
+        before = {g["group_id"] for g in reports[-2]["groups"]}
+        now = {g["group_id"] for g in last["groups"]}
+        lines.append(f"  {len(before & now)} of {reports[-2]['run_date']}'s {len(before)} group ids carried over")
+    for g in sorted(last["groups"], key=lambda g: (-g["size"], g["group_id"]))[:top]:
+        since = f" since {g['created_on']}" if g.get("created_on") else ""
         lines.append(
-            f"  {g['run_date']} {g['supplier_id']} {g['group_id']}: {g['size']} listings, "
+            f"  {g['supplier_id']} {g['group_id']}: {g['size']} listings{since}, "
             f"weakest link {g['weakest_similarity']:.3f}"
         )
         for m in g["members"][:6]:

@@ -58,6 +58,31 @@ def ensure_tables(spark, database: str, names: list[str] | None = None) -> None:
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` ({to_ddl(spec.schema)}) "
             f"USING parquet PARTITIONED BY ({', '.join(spec.partition_by)})"
         )
+        upgrade_table(spark, database, spec)
+
+
+def upgrade_table(spark, database: str, spec: TableSpec) -> None:
+    """Adds the contract's new trailing columns to a table created by an older version.
+
+    Old files read the added columns as null. A table whose columns are not a prefix of the
+    contract's (renamed, reordered, retyped) cannot be upgraded in place.
+
+    Raises:
+        DedupError: the table's columns do not match the contract's; the message says what to do.
+    """
+    name = f"`{database}`.`{spec.name}`"
+    existing = [f.name for f in spark.table(name).schema.fields if f.name not in spec.partition_by]
+    wanted = spec.data_columns
+    if existing == wanted:
+        return
+    if wanted[: len(existing)] != existing:
+        raise DedupError(
+            f"table {database}.{spec.name} has columns {existing}, the contract {wanted}: it was made by an "
+            f"incompatible version. Move it away (or DROP TABLE {database}.{spec.name}) and backfill"
+        )
+    added = wanted[len(existing) :]
+    log.warning("upgrading table %s.%s: adding columns %s (null in earlier rows)", database, spec.name, added)
+    spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({to_ddl(spec.schema, added)})")
 
 
 def check_schema(df, spec: TableSpec) -> None:
@@ -84,6 +109,34 @@ def check_schema(df, spec: TableSpec) -> None:
         raise DedupError(f"output for table {spec.name} breaks its contract: " + "; ".join(problems))
 
 
+def _partition_sql(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"`{k}`={v}" if isinstance(v, int) else f"`{k}`='{v}'" for k, v in values.items())
+
+
+def list_partitions(spark, database: str, table: str, partition: Mapping[str, str] | None = None) -> list[dict]:
+    """Returns the table's partitions (all, or those inside ``partition``) as column -> value dicts.
+
+    Values are strings, as the metastore keeps them (``{"run_date": "2024-03-01", "stage": "pairs"}``).
+    """
+    ensure_tables(spark, database, [table])
+    sql = f"SHOW PARTITIONS {qualified(database, table)}"
+    if partition:
+        sql += f" PARTITION ({_partition_sql(partition)})"
+    rows = spark.sql(sql).collect()
+    return [dict(part.split("=", 1) for part in row[0].split("/")) for row in rows]
+
+
+def stage_run_dates(spark, database: str, stage: str) -> list[str]:
+    """Returns the run dates a stage has finished (its ``run_metrics`` rows), oldest first."""
+    return sorted(p["run_date"] for p in list_partitions(spark, database, "run_metrics") if p.get("stage") == stage)
+
+
+def previous_run_date(spark, database: str, stage: str, run_date: str) -> str | None:
+    """Returns the latest run date before ``run_date`` that ``stage`` finished, or None."""
+    earlier = [d for d in stage_run_dates(spark, database, stage) if d < run_date]
+    return earlier[-1] if earlier else None
+
+
 def replace_partition(spark, df, database: str, table: str, partition: dict[str, str]) -> int:
     """Atomically replaces one partition of a table with the rows of ``df``.
 
@@ -93,7 +146,9 @@ def replace_partition(spark, df, database: str, table: str, partition: dict[str,
         database: the Hive database.
         table: a table name from ``TABLES``.
         partition: the partition being replaced, e.g. ``{"run_date": "2024-03-01"}``; every row of
-            ``df`` must belong to it.
+            ``df`` must belong to it. For a table with more partition columns (``catalog``:
+            run date, then supplier bucket) it names the leading ones, and every sub-partition
+            under it is replaced: those the rows fill are overwritten, the others dropped.
 
     Returns:
         The number of rows written.
@@ -101,24 +156,30 @@ def replace_partition(spark, df, database: str, table: str, partition: dict[str,
     from pyspark.sql import functions as F
 
     spec = TABLES[table]
-    if set(partition) != set(spec.partition_by):
+    if list(partition) != list(spec.partition_by[: len(partition)]) or not partition:
         raise DedupError(f"table {table} is partitioned by {spec.partition_by}, got {partition}")
     check_schema(df, spec)
     ensure_tables(spark, database, [table])
     name = qualified(database, table)
     ordered = df.select(*spec.data_columns, *spec.partition_by)
     ordered = ordered.persist()
+    sub_columns = list(spec.partition_by[len(partition) :])
     try:
         inside = F.expr(" AND ".join(f"`{k}` <=> '{v}'" for k, v in partition.items()))
         counts = ordered.agg(F.count(F.lit(1)).alias("rows"), F.sum((~inside).cast("long")).alias("outside")).first()
         if counts["outside"]:
             raise DedupError(f"{counts['outside']} rows for table {table} fall outside partition {partition}")
         rows = int(counts["rows"])
-        if rows == 0:
-            spec_sql = ", ".join(f"{k}='{v}'" for k, v in partition.items())
-            spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION ({spec_sql})")
-        else:
+        written: set[tuple[str, ...]] = set()
+        if rows and sub_columns:
+            written = {tuple(str(v) for v in r) for r in ordered.select(*sub_columns).distinct().collect()}
+        if rows:
             ordered.write.insertInto(name, overwrite=True)
+        # Dynamic overwrite replaces only the partitions the rows fill: drop the rest of this
+        # partition (all of it when nothing was found), so a rerun never keeps an old answer.
+        for existing in list_partitions(spark, database, table, partition) if sub_columns or not rows else []:
+            if not rows or tuple(existing[c] for c in sub_columns) not in written:
+                spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION ({_partition_sql(existing)})")
     finally:
         ordered.unpersist()
     log.info("wrote %d rows to %s %s", rows, name, partition)

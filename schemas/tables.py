@@ -76,8 +76,8 @@ EMBEDDINGS = pa.schema(
 )
 """One vector triple per validated listing. A deleted listing is a tombstone with null vectors.
 
-The catalogue of run date D is, per listing, its row with the latest ``run_date <= D`` (then the
-latest ``updated_at``), minus tombstones.
+The catalogue of run date D (table ``catalog``) holds, per listing, its row with the latest
+``run_date <= D`` (then the latest ``updated_at``), unless that row is a tombstone or has no vectors.
 """
 
 PAIRS = pa.schema(
@@ -100,6 +100,59 @@ whose ``match_score`` (the verifier's calibrated match probability) reached
 ``dedup.min_probability``; without one, ``match_score`` is null and every candidate is a pair.
 """
 
+_BUCKET = pa.field("supplier_bucket", pa.int32())
+
+CATALOG = pa.schema(
+    [
+        pa.field("listing_id", pa.string()),
+        pa.field("supplier_id", pa.string()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+        pa.field("has_text", pa.bool_()),
+        pa.field("has_image", pa.bool_()),
+        pa.field("emb_m", _VECTOR),
+        pa.field("emb_t", _VECTOR),
+        pa.field("emb_i", _VECTOR),
+        pa.field("model_version", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("brand", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("currency", pa.string()),
+        pa.field("embedded_on", pa.string()),
+        pa.field("first_seen", pa.string()),
+        _RUN_DATE,
+        _BUCKET,
+    ]
+)
+"""The catalogue as of a run date: the latest embedding of every live listing (``jobs/catalog.py``).
+
+One partition per (run date, supplier bucket); ``supplier_bucket`` is
+``pmod(xxhash64(supplier_id), warehouse.supplier_buckets)``, so one supplier's vectors are read
+from one folder. ``embedded_on`` is the run date of the embedding the vectors come from (the run
+date itself for the day's new and changed listings); ``first_seen`` the run date the listing
+entered the catalogue (kept across updates; a deleted listing that comes back starts again).
+Deleted and unembeddable listings are not in it. Title, brand, price and currency are the
+embedded listing row's, for the pair verifier.
+"""
+
+LIVE_PAIRS = pa.schema(
+    [
+        pa.field("supplier_id", pa.string()),
+        pa.field("listing_id_l", pa.string()),
+        pa.field("listing_id_r", pa.string()),
+        pa.field("similarity_m", pa.float32()),
+        pa.field("similarity_t", pa.float32()),
+        pa.field("similarity_i", pa.float32()),
+        pa.field("match_score", pa.float32()),
+        pa.field("model_version", pa.string()),
+        pa.field("found_on", pa.string()),
+        _RUN_DATE,
+        _BUCKET,
+    ]
+)
+"""The live pair graph as of a run date: every pair whose two listings still have the vectors
+it was found with. The previous night's graph, less every pair of a listing that was updated or
+deleted on the run date, plus the run date's ``pairs`` (``found_on`` = the run date)."""
+
 GROUPS = pa.schema(
     [
         pa.field("supplier_id", pa.string()),
@@ -108,13 +161,18 @@ GROUPS = pa.schema(
         pa.field("weakest_similarity", pa.float32()),
         pa.field("strongest_similarity", pa.float32()),
         pa.field("representative", pa.string()),
+        pa.field("has_bridge", pa.bool_()),
+        pa.field("created_on", pa.string()),
         _RUN_DATE,
     ]
 )
-"""Duplicate groups: connected components of a supplier's pair graph on a run date.
+"""A supplier's duplicate groups as of a run date, over its whole live pair graph (``jobs/groups.py``).
 
-``weakest_similarity`` is the weakest link: the smallest edge on the group's maximum spanning tree,
-i.e. the threshold above which the group would split.
+``group_id`` is stable across nights (``dedup.lineage``: it follows a group that grows or
+shrinks; ``group_lineage`` records merges and splits); ``created_on`` is the run date the id was
+first given. ``weakest_similarity`` is the weakest link: the smallest edge on the group's maximum
+spanning tree, i.e. the threshold above which the group would split. ``has_bridge``: the group has
+an edge whose removal splits it (a chain, not a dense cluster).
 """
 
 GROUP_MEMBERS = pa.schema(
@@ -123,10 +181,25 @@ GROUP_MEMBERS = pa.schema(
         pa.field("group_id", pa.string()),
         pa.field("listing_id", pa.string()),
         pa.field("is_new", pa.bool_()),
+        pa.field("first_seen", pa.string()),
         _RUN_DATE,
     ]
 )
-"""Members of each group; ``is_new`` marks listings that arrived on the run date."""
+"""Members of each group as of the run date; ``is_new`` marks listings embedded on the run date (new
+or changed), ``first_seen`` the run date the listing entered the catalogue."""
+
+GROUP_LINEAGE = pa.schema(
+    [
+        pa.field("supplier_id", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("event", pa.string()),
+        pa.field("other_group_id", pa.string()),
+        _RUN_DATE,
+    ]
+)
+"""What happened to group ids on a run date (``dedup.lineage``): ``new`` (other null), ``merge``
+(``other_group_id`` was absorbed into ``group_id``), ``split`` (``group_id`` took members of
+``other_group_id``), ``gone`` (no member of ``group_id`` is grouped any more; other null)."""
 
 RUN_METRICS = pa.schema(
     [
@@ -160,15 +233,36 @@ for a query cut by the per-query budget (its id in ``listing_id_l``, the rest nu
 "candidates", one row per block whose ``candidates`` counts the pairs the search found before
 the verifier (the rest null)."""
 
-GROUP_ROWS = pa.schema(
+GROUP_INPUT_ROWS = pa.schema(
     [
-        GROUPS.field("supplier_id"),
-        GROUPS.field("group_id"),
-        GROUP_MEMBERS.field("listing_id"),
-        *(GROUPS.field(name) for name in ("size", "weakest_similarity", "strongest_similarity", "representative")),
+        pa.field("kind", pa.string()),
+        pa.field("supplier_id", pa.string()),
+        pa.field("listing_id_l", pa.string()),
+        pa.field("listing_id_r", pa.string()),
+        pa.field("similarity_m", pa.float32()),
+        pa.field("match_score", pa.float32()),
+        pa.field("listing_id", pa.string()),
+        pa.field("first_seen", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("created_on", pa.string()),
     ]
 )
-"""What the groups stage's per-supplier clustering returns: one row per member, with its group."""
+"""What the groups stage hands its per-supplier clustering, one frame per supplier: ``kind`` is
+"edge" (a live pair), "node" (a listing of the catalogue with its ``first_seen``) or "previous"
+(a member of the supplier's groups on the previous night, with its group's id and created_on)."""
+
+GROUP_ROWS = pa.schema(
+    [
+        pa.field("kind", pa.string()),
+        *(f for f in GROUPS if f.name != "run_date"),
+        GROUP_MEMBERS.field("listing_id"),
+        GROUP_MEMBERS.field("first_seen"),
+        GROUP_LINEAGE.field("event"),
+        GROUP_LINEAGE.field("other_group_id"),
+    ]
+)
+"""What the groups stage's per-supplier clustering returns: ``kind`` "member" (one row per member,
+with its group's columns) or "lineage" (``group_id``, ``event``, ``other_group_id``)."""
 
 
 @dataclass(frozen=True)
@@ -191,9 +285,12 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("listings", VALIDATED_LISTINGS, ("run_date",)),
         TableSpec("quarantine", QUARANTINE, ("run_date",)),
         TableSpec("embeddings", EMBEDDINGS, ("run_date",)),
+        TableSpec("catalog", CATALOG, ("run_date", "supplier_bucket")),
         TableSpec("pairs", PAIRS, ("run_date",)),
+        TableSpec("live_pairs", LIVE_PAIRS, ("run_date", "supplier_bucket")),
         TableSpec("groups", GROUPS, ("run_date",)),
         TableSpec("group_members", GROUP_MEMBERS, ("run_date",)),
+        TableSpec("group_lineage", GROUP_LINEAGE, ("run_date",)),
         TableSpec("run_metrics", RUN_METRICS, ("run_date", "stage")),
     )
 }

@@ -304,7 +304,7 @@ def test_titles_outside_the_text_vocabulary_get_distinct_text_vectors(rows_day):
 def test_id_across_days_is_an_update_and_a_deletion(rows_day, spark, pipeline_config):
     from pyspark.sql import functions as F
 
-    from jobs.pairs import catalogue_as_of
+    from jobs.catalog import catalogue_from_history
 
     update_day = _run_day(spark, pipeline_config, corpus.UPDATE_DAY)
     assert_reconciles(pipeline_config, corpus.UPDATE_DAY)
@@ -318,10 +318,11 @@ def test_id_across_days_is_an_update_and_a_deletion(rows_day, spark, pipeline_co
     embeddings = spark.table(f"{pipeline_config.warehouse.database}.embeddings").filter(
         F.col("run_date").isin(corpus.ROWS_DAY, corpus.UPDATE_DAY)
     )
+    listings = spark.table(f"{pipeline_config.warehouse.database}.listings")
     ids = ["id_across_days_update", "id_across_days_delete"]
 
     def catalogue(run_date):
-        rows = catalogue_as_of(embeddings, run_date).filter(F.col("listing_id").isin(ids)).collect()
+        rows = catalogue_from_history(embeddings, listings, run_date).filter(F.col("listing_id").isin(ids)).collect()
         return {r["listing_id"]: r["updated_at"].replace(tzinfo=None) for r in rows}
 
     before, after = catalogue(corpus.ROWS_DAY), catalogue(corpus.UPDATE_DAY)

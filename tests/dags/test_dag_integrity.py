@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_FILE = DAGS / "dedup_nightly.py"
 DAG_ID = "dedup_nightly"
-STAGES = ["validate", "embed", "pairs", "groups", "report"]
+STAGES = ["validate", "embed", "catalog", "pairs", "groups", "report"]
 PROJECT_PACKAGES = {"encoder", "dedup", "jobs", "schemas"}
 # bin/run-sample-nightly and the e2e setup create this pool; the name is part of the deployment.
 WAREHOUSE_POOL = "sspr_warehouse"
@@ -199,3 +199,57 @@ def test_dag_file_imports_nothing_from_the_project():
     for line in import_lines:
         module = line.split()[1].split(".")[0]
         assert module not in PROJECT_PACKAGES, line
+
+
+def test_the_nightly_chain_is_the_stage_order_the_backfill_runs():
+    from jobs.stage import PIPELINE_STAGES
+
+    assert list(PIPELINE_STAGES) == STAGES
+
+
+BACKFILL_FILE = DAGS / "dedup_backfill.py"
+
+
+@pytest.fixture(scope="module")
+def backfill_dag(dagbag):
+    assert "dedup_backfill" in dagbag.dags, f"dedup_backfill not found; import errors: {dagbag.import_errors}"
+    return dagbag.dags["dedup_backfill"]
+
+
+def test_backfill_has_typed_params_and_no_schedule(backfill_dag):
+    assert type(backfill_dag.timetable).__name__ == "NullTimetable"  # manual runs only
+    params = backfill_dag.params
+    assert set(params.keys()) == {"start_date", "end_date", "reembed", "min_similarity"}
+    assert params.get_param("reembed").schema["type"] == "boolean"
+    assert params.get_param("start_date").schema["pattern"]
+    assert backfill_dag.max_active_runs == 1
+
+
+def test_backfill_runs_the_backfill_command_in_the_warehouse_slot(backfill_dag):
+    from airflow.sdk import Connection
+
+    (task,) = backfill_dag.tasks
+    assert task.pool == WAREHOUSE_POOL and task.pool_slots == 1
+    context = {
+        "params": {"start_date": "2024-03-02", "end_date": "2024-03-03", "reembed": True, "min_similarity": None},
+        "conn": {"spark_default": Connection(conn_id="spark_default", conn_type="spark", host="local[2]")},
+    }
+    command = task.render_template(task.bash_command, context)
+    assert "-m jobs.backfill" in command
+    assert "--start-date '2024-03-02' --end-date '2024-03-03'" in command
+    assert "--master 'local[2]'" in command and command.endswith(" --reembed")
+    assert "--min-similarity ''" in command
+    context["params"] |= {"reembed": False, "min_similarity": 0.5}
+    command = task.render_template(task.bash_command, context)
+    assert "--reembed" not in command and "--min-similarity '0.5'" in command
+
+
+def test_backfill_dag_imports_nothing_from_the_project():
+    tree = ast.parse(BACKFILL_FILE.read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert "airflow" in imported and imported.isdisjoint(PROJECT_PACKAGES)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dedup.cluster import ClusterResult, cluster_pairs, make_group_id
+from dedup.cluster import ClusterResult, cluster_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def _networkx_oracle(ids_l, ids_r, sims) -> list[dict]:
                 "weakest": min(w for _, _, w in tree.edges(data="weight")),
                 "strongest": max(w for _, _, w in sub.edges(data="weight")),
                 "representative": min(nodes),
+                "has_bridge": nx.has_bridges(sub),
             }
         )
     return sorted(out, key=lambda c: c["representative"])
@@ -82,6 +83,7 @@ def test_cluster_pairs_matches_networkx(seed, n_nodes, n_edges):
             ("weakest_similarity", pa.float32()),
             ("strongest_similarity", pa.float32()),
             ("representative", pa.string()),
+            ("has_bridge", pa.bool_()),
         ]
     )
     comps = result.components.to_pylist()
@@ -94,6 +96,7 @@ def test_cluster_pairs_matches_networkx(seed, n_nodes, n_edges):
         assert got["representative"] == want["representative"]
         assert got["weakest_similarity"] == want["weakest"]  # float32 values, compared exactly
         assert got["strongest_similarity"] == want["strongest"]
+        assert got["has_bridge"] == want["has_bridge"]
 
 
 @pytest.mark.parametrize("seed,n_nodes,n_edges", GRAPHS[:3])
@@ -131,6 +134,7 @@ def test_cluster_pairs_empty_input():
         "weakest_similarity",
         "strongest_similarity",
         "representative",
+        "has_bridge",
     ]
 
 
@@ -148,22 +152,3 @@ def test_cluster_pairs_empty_input():
 def test_cluster_pairs_rejects_bad_input(ids_l, ids_r, sims, message):
     with pytest.raises(ValueError, match=message):
         cluster_pairs(ids_l, ids_r, sims)
-
-
-def test_make_group_id_is_deterministic_and_supplier_scoped():
-    gid = make_group_id("supplier-1", "item-00042")
-    assert gid == make_group_id("supplier-1", "item-00042")
-    assert gid.startswith("g-") and len(gid) == 18
-    int(gid.removeprefix("g-"), 16)  # hex
-    assert gid != make_group_id("supplier-2", "item-00042")
-    assert gid != make_group_id("supplier-1", "item-00043")
-    # the separator keeps ("ab", "c") and ("a", "bc") apart
-    assert make_group_id("ab", "c") != make_group_id("a", "bc")
-    # pinned value: changing the recipe would silently re-key every stored group
-    assert make_group_id("s", "a") == "g-" + __import__("hashlib").sha256(b"s\x1fa").hexdigest()[:16]
-
-
-@pytest.mark.parametrize("supplier,rep", [("", "a"), ("s", ""), ("s\x1f", "a"), (None, "a")])
-def test_make_group_id_rejects_bad_arguments(supplier, rep):
-    with pytest.raises(ValueError):
-        make_group_id(supplier, rep)

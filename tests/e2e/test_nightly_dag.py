@@ -29,14 +29,14 @@ DAYS = sorted(p.name.removeprefix("dt=") for p in (EXAMPLES / "listings").glob("
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# Measured with the shipped verified pipeline (candidates at dedup.min_similarity 0.311, pair
-# verifier at dedup.min_probability 0.337) on the samples: co-grouped pair recall 0.764 (139 of 182
-# true pairs), precision 0.629 (139 of 221); the text suppliers reach precision 0.84, the grocers
-# 0.50 (same-title variants that only their photos tell apart, chained into one group). The
-# similarity-only pipeline before it: recall 0.126, precision 1.0. Floors leave room for float
-# noise; a broken encoder, verifier or grouping lands far below them.
-RECALL_FLOOR = 0.70
-PRECISION_FLOOR = 0.55
+# Measured with the shipped pipeline (candidates at dedup.min_similarity 0.311, pair verifier at
+# dedup.min_probability 0.337, average-link groups at dedup.min_group_link 0.3) on the samples,
+# over the three nights' groups: co-grouped pair recall 0.637 (116 of 182 true pairs), precision
+# 0.784 (116 of 148). Connected components before it: recall 0.764, precision 0.629 (the
+# grocers' same-title variants chained); the similarity-only pipeline: recall 0.126, precision
+# 1.0. Floors leave room for float noise; a broken encoder, verifier or grouping lands far below.
+RECALL_FLOOR = 0.58
+PRECISION_FLOOR = 0.72
 
 
 def _airflow(env: dict[str, str], *args: str, log: Path) -> None:
@@ -107,7 +107,7 @@ def test_row_counts_reconcile_for_every_day(nightly):
     for day in DAYS:
         read = sum(pq.read_metadata(f).num_rows for f in (EXAMPLES / "listings" / f"dt={day}").glob("*.parquet"))
         metrics = {m["stage"]: m for m in _table(warehouse, "run_metrics", day)}
-        assert set(metrics) == {"validate", "embed", "pairs", "groups", "report"}, day
+        assert set(metrics) == {"validate", "embed", "catalog", "pairs", "groups", "report"}, day
         v, e = metrics["validate"], metrics["embed"]
         assert v["rows_in"] == read, day
         assert v["rows_in"] == v["rows_out"] + v["rows_quarantined"], day
@@ -167,10 +167,23 @@ def _exact(value):
     return value
 
 
+SNAPSHOT_TABLES = (
+    "listings",
+    "quarantine",
+    "embeddings",
+    "catalog",
+    "pairs",
+    "live_pairs",
+    "groups",
+    "group_members",
+    "group_lineage",
+)
+
+
 def _snapshot(warehouse: Path, day: str) -> dict[str, tuple[str, list[str]]]:
     """Per table: the sha256 of its content (rows in canonical order) and the rows."""
     snap = {}
-    for name in ("listings", "quarantine", "embeddings", "pairs", "groups", "group_members"):
+    for name in SNAPSHOT_TABLES:
         rows = sorted(
             json.dumps({k: _exact(v) for k, v in r.items()}, sort_keys=True, default=str)
             for r in _table(warehouse, name, day)
@@ -189,17 +202,64 @@ def test_a_failed_task_is_retried_and_the_run_ends_correct(nightly):
     assert "fault drill" not in (root / "logs" / f"{DAYS[1]}.log").read_text()
 
 
-def test_rerunning_a_day_gives_byte_identical_tables(nightly):
-    env, warehouse, root = nightly
-    day = DAYS[1]
-    before = _snapshot(warehouse, day)
-    _airflow(env, "dags", "test", "dedup_nightly", day, log=root / "logs" / f"{day}-rerun.log")
-    after = _snapshot(warehouse, day)
+def _compare(before, after, day, how):
     for name, (digest, rows) in before.items():
-        assert rows, f"table {name} is empty for {day}; the comparison would prove nothing"
         changed = sorted(set(rows) ^ set(after[name][1]))[:2]
-        assert after[name][0] == digest, f"table {name} content hash changed on rerun of {day}; e.g. {changed}"
+        assert after[name][0] == digest, f"table {name} content hash changed on {how} of {day}; e.g. {changed}"
+
+
+def test_rerunning_the_latest_day_gives_byte_identical_tables(nightly):
+    env, warehouse, root = nightly
+    day = DAYS[-1]
+    before = _snapshot(warehouse, day)
+    for name in ("listings", "embeddings", "catalog", "pairs", "live_pairs", "groups", "group_members"):
+        assert before[name][1], f"table {name} is empty for {day}; the comparison would prove nothing"
+    _airflow(env, "dags", "test", "dedup_nightly", day, log=root / "logs" / f"{day}-rerun.log")
+    _compare(before, _snapshot(warehouse, day), day, "a rerun")
     metrics = _table(warehouse, "run_metrics", day)
-    assert len(metrics) == 5  # one row per stage, replaced, not appended
+    assert len(metrics) == 6  # one row per stage, replaced, not appended
     report = json.loads((root / "reports" / f"run_date={day}" / "report.json").read_text())
     assert report["groups_total"] == len(_table(warehouse, "groups", day))
+
+
+def test_groups_are_the_whole_catalogue_and_keep_their_ids_while_they_only_grow(nightly):
+    _, warehouse, _ = nightly
+    kept = 0
+    for before, after in itertools.pairwise(DAYS):
+        old, new = _members_by_group(warehouse, before), _members_by_group(warehouse, after)
+        owner = {m: g for g, members in new.items() for m in members}
+        assert len(new) >= len(old) * 0.5, (before, after)  # not only tonight's fragments
+        for group_id, members in old.items():
+            heirs = {owner.get(m) for m in members}
+            if len(heirs) != 1 or None in heirs:
+                continue  # split or shrank away: lineage covers it
+            (heir,) = heirs
+            others = [g for g, ms in old.items() if g != group_id and ms & new[heir]]
+            if not others:  # it only grew (or stayed): same id
+                assert heir == group_id, (after, sorted(members), sorted(new[heir]))
+                kept += 1
+    assert kept >= 10, f"only {kept} groups carried over unchanged or grown; the check proves little"
+    # the report shows a group's pairs from every night, not only tonight's
+    report = json.loads((warehouse.parent / "reports" / f"run_date={DAYS[-1]}" / "report.json").read_text())
+    found_on = {p["found_on"] for g in report["groups"] for p in g["pairs"]}
+    assert len(found_on) >= 2, found_on
+
+
+def _members_by_group(warehouse: Path, day: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for m in _table(warehouse, "group_members", day):
+        out[m["group_id"]].add(m["listing_id"])
+    return dict(out)
+
+
+def test_a_backfill_of_the_later_days_reproduces_them_byte_for_byte(nightly):
+    env, warehouse, root = nightly
+    days = DAYS[1:]
+    before = {day: _snapshot(warehouse, day) for day in days}
+    conf = json.dumps({"start_date": days[0], "end_date": days[-1]})
+    log = root / "logs" / "backfill.log"
+    _airflow(env, "dags", "test", "dedup_backfill", DAYS[-1], "-c", conf, log=log)
+    text = log.read_text()
+    assert f"backfill of {len(days)} dates done" in text, text[-3000:]
+    for day in days:
+        _compare(before[day], _snapshot(warehouse, day), day, "a backfill")

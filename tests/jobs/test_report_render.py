@@ -247,15 +247,19 @@ def test_format_summary_rows(two_reports):
     assert "quarantined: supplier_id_not_null=4, title_or_image_present=6" in text
 
 
-def test_format_summary_biggest_group_first(two_reports):
+def test_format_summary_lists_the_last_nights_groups_biggest_first(two_reports):
+    two_reports[1]["groups"][1]["created_on"] = "2024-03-01"
+    two_reports[1]["metrics"]["groups"] = {"details": {"lineage": {"new": 1, "merge": 1}}}
     text = format_summary(two_reports, load_config(None, environ={}))
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("biggest groups"))
-    assert lines[start] == "biggest groups (of 3):"
-    group_lines = [line.strip() for line in lines[start + 1 :] if line.startswith("  2024-")]
-    assert [line.split()[2].rstrip(":") for line in group_lines] == ["g-big", "g-mid", "g-small"]
-    assert group_lines[0] == "2024-03-02 s3 g-big: 5 listings, weakest link 0.888"
+    start = next(i for i, line in enumerate(lines) if line.startswith("groups as of"))
+    assert lines[start] == "groups as of 2024-03-02, every supplier's whole catalogue (of 2):"
+    assert lines[start + 1] == "  0 of 2024-03-01's 1 group ids carried over"
+    group_lines = [line.strip() for line in lines[start + 2 :] if line.startswith("  s")]
+    assert [line.split()[1].rstrip(":") for line in group_lines] == ["g-big", "g-mid"]  # not day 1's g-small
+    assert group_lines[0] == "s3 g-big: 5 listings since 2024-03-01, weakest link 0.888"
     assert "(no title)" in text
+    assert "group ids: merge=1, new=1" in text
 
 
 def test_format_summary_top_limits_groups(two_reports):

@@ -52,6 +52,8 @@ def _write_day(root: Path, day: str, rows: list[dict], name="part-0.parquet") ->
 def _table_rows(config, table: str, run_date: str) -> pa.Table:
     """Reads a table's partition straight from its Parquet files (what any reader sees)."""
     path = Path(config.paths.warehouse_dir) / f"{config.warehouse.database}.db" / table
+    if not (path / f"run_date={run_date}").is_dir():
+        return pa.table({"run_date": pa.array([], pa.string())})  # no partition: no rows
     dataset = ds.dataset(path, format="parquet", partitioning="hive")
     return dataset.to_table(filter=ds.field("run_date") == run_date)
 
@@ -172,6 +174,26 @@ def _embedding(listing_id, supplier_id, vector, run_date, image=None, deleted=Fa
     }
 
 
+def _own_database(config, name):
+    """The config with its own warehouse database: the catalogue chains nights, so a test's
+    nights must not meet other tests' dates."""
+    import dataclasses
+
+    return dataclasses.replace(config, warehouse=dataclasses.replace(config.warehouse, database=name))
+
+
+def _run_chained(spark, config, stage, run_date):
+    """Runs a stage and records its run_metrics row, as run_stage does (later stages read it)."""
+    import importlib
+
+    from jobs.stage import record_metrics
+
+    ctx = _ctx(spark, config, stage, run_date)
+    result = importlib.import_module(f"jobs.{stage}").run(ctx)
+    record_metrics(ctx, result, 0.0)
+    return result
+
+
 def _write_embeddings(spark, config, run_date, rows):
     from jobs.warehouse import replace_partition
     from schemas.tables import EMBEDDINGS, to_ddl
@@ -181,8 +203,7 @@ def _write_embeddings(spark, config, run_date, rows):
 
 
 def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_config):
-    from jobs import groups, pairs
-
+    pipeline_config = _own_database(pipeline_config, "stages_catalogue")
     d1, d2 = "2024-02-01", "2024-02-02"
     _write_embeddings(
         spark,
@@ -207,7 +228,11 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
         ],
     )
     config = pipeline_config
-    result = pairs.run(_ctx(spark, config, "pairs", d2))
+    for day in (d1, d2):
+        _run_chained(spark, config, "catalog", day)
+    _run_chained(spark, config, "pairs", d1)
+    _run_chained(spark, config, "groups", d1)
+    result = _run_chained(spark, config, "pairs", d2)
     found = _check_contract(config, "pairs", d2).to_pylist()
     got = sorted((p["listing_id_l"], p["listing_id_r"]) for p in found)
     assert got == [("new-a", "new-a2"), ("new-a", "old-a"), ("new-a2", "old-a")]
@@ -219,7 +244,7 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     assert by_pair[("new-a", "new-a2")]["similarity_i"] is None  # new-a2 has no image
     assert result.rows_in == 4 and result.rows_out == 3
 
-    result = groups.run(_ctx(spark, config, "groups", d2))
+    result = _run_chained(spark, config, "groups", d2)
     grouped = _check_contract(config, "groups", d2).to_pylist()
     members = _check_contract(config, "group_members", d2).to_pylist()
     assert len(grouped) == 1 and grouped[0]["size"] == 3
@@ -232,8 +257,8 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     assert grouped[0]["weakest_similarity"] >= weakest - 1e-6
 
     # Rerunning a date replaces its partitions: same rows, no duplicates.
-    pairs.run(_ctx(spark, config, "pairs", d2))
-    groups.run(_ctx(spark, config, "groups", d2))
+    _run_chained(spark, config, "pairs", d2)
+    _run_chained(spark, config, "groups", d2)
     assert sorted((p["listing_id_l"], p["listing_id_r"]) for p in _table_rows(config, "pairs", d2).to_pylist()) == got
     assert len(_table_rows(config, "group_members", d2)) == 3
 
@@ -241,17 +266,19 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
 def test_pairs_rerun_with_higher_threshold_drops_the_old_partition_rows(spark, pipeline_config):
     import dataclasses
 
-    from jobs import pairs
-
+    pipeline_config = _own_database(pipeline_config, "stages_rerun")
     d = "2024-03-05"
     _write_embeddings(
         spark, pipeline_config, d, [_embedding("x1", "s9", [1, 0, 0], d), _embedding("x2", "s9", [1, 0.3, 0], d)]
     )
-    pairs.run(_ctx(spark, pipeline_config, "pairs", d))
+    _run_chained(spark, pipeline_config, "catalog", d)
+    _run_chained(spark, pipeline_config, "pairs", d)
     assert len(_table_rows(pipeline_config, "pairs", d)) == 1
+    assert len(_table_rows(pipeline_config, "live_pairs", d)) == 1
     strict = dataclasses.replace(pipeline_config, dedup=dataclasses.replace(pipeline_config.dedup, min_similarity=0.99))
-    pairs.run(_ctx(spark, strict, "pairs", d))
+    _run_chained(spark, strict, "pairs", d)
     assert len(_table_rows(pipeline_config, "pairs", d)) == 0
+    assert len(_table_rows(pipeline_config, "live_pairs", d)) == 0  # every bucket folder of the date went
 
 
 def test_embed_stage_with_the_real_encoder(spark, pipeline_config):

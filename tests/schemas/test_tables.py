@@ -26,7 +26,18 @@ SPECS = list(TABLES.values())
 
 
 def test_tables_are_keyed_by_their_name():
-    assert set(TABLES) == {"listings", "quarantine", "embeddings", "pairs", "groups", "group_members", "run_metrics"}
+    assert set(TABLES) == {
+        "listings",
+        "quarantine",
+        "embeddings",
+        "catalog",
+        "pairs",
+        "live_pairs",
+        "groups",
+        "group_members",
+        "group_lineage",
+        "run_metrics",
+    }
     for name, spec in TABLES.items():
         assert spec.name == name
 
