@@ -206,18 +206,11 @@ def run(ctx: StageContext) -> StageResult:
     """Groups the run date's live pair graph; writes `groups`, `group_members` and `group_lineage`."""
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables, previous_run_date, publish, stage_run_dates
+    from jobs.warehouse import ensure_tables, previous_night, publish
 
     db, day = ctx.database, ctx.run_date
     ensure_tables(ctx.spark, db, ["live_pairs", "catalog", "embeddings", "groups", "group_members", "group_lineage"])
-    if day not in stage_run_dates(ctx.spark, db, "pairs"):
-        raise DedupError(f"the pairs stage has not run for {day}: run it first")
-    previous = previous_run_date(ctx.spark, db, "catalog", day)
-    if previous is not None and previous not in stage_run_dates(ctx.spark, db, STAGE):
-        raise DedupError(
-            f"the groups stage did not finish for {previous}, the previous catalogued night, so tonight's "
-            f"ids cannot follow its groups: rerun {previous} first (dedup_backfill start_date={previous})"
-        )
+    previous = previous_night(ctx.spark, db, STAGE, day, "pairs", "tonight's ids cannot follow its groups")
     table = lambda name: ctx.spark.table(f"{db}.{name}")
     live = table("live_pairs").filter(F.col("run_date") == day)
     catalogue = table("catalog").filter(F.col("run_date") == day)

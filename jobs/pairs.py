@@ -407,18 +407,11 @@ def run(ctx: StageContext) -> StageResult:
     from pyspark.sql import functions as F
 
     from jobs.catalog import read_catalogue, suppliers_buckets
-    from jobs.warehouse import ensure_tables, previous_run_date, publish, stage_run_dates
+    from jobs.warehouse import ensure_tables, previous_night, publish
 
     db, day = ctx.database, ctx.run_date
     ensure_tables(ctx.spark, db, ["embeddings", "catalog", "pairs", "live_pairs"])
-    if day not in stage_run_dates(ctx.spark, db, "catalog"):
-        raise DedupError(f"there is no catalogue for {day}: run the catalog stage for it first")
-    previous = previous_run_date(ctx.spark, db, "catalog", day)
-    if previous is not None and previous not in stage_run_dates(ctx.spark, db, STAGE):
-        raise DedupError(
-            f"the pairs stage did not finish for {previous}, the previous catalogued night, so there is no "
-            f"pair graph to carry forward: rerun {previous} first (dedup_backfill start_date={previous})"
-        )
+    previous = previous_night(ctx.spark, db, STAGE, day, "catalog", "there is no pair graph to carry forward")
     touched = ctx.spark.table(f"{db}.embeddings").filter(F.col("run_date") == day).select("listing_id", "supplier_id")
     day_suppliers = [r[0] for r in touched.select("supplier_id").distinct().collect()]
     n_buckets = ctx.config.warehouse.supplier_buckets

@@ -137,6 +137,29 @@ def previous_run_date(spark, database: str, stage: str, run_date: str) -> str | 
     return earlier[-1] if earlier else None
 
 
+def previous_night(spark, database: str, stage: str, run_date: str, needs: str, why: str) -> str | None:
+    """Checks the chain a stage builds on; returns the previous catalogued night (None: the first).
+
+    Args:
+        stage: the stage asking; it must have finished the previous catalogued night.
+        needs: the stage that must have finished ``run_date`` first.
+        why: what the previous night's output is needed for (for the message).
+
+    Raises:
+        DedupError: ``needs`` has not run for ``run_date``, or ``stage`` did not finish the
+            previous night; the message says what to rerun.
+    """
+    if run_date not in stage_run_dates(spark, database, needs):
+        raise DedupError(f"the {needs} stage has not run for {run_date}: run it first")
+    previous = previous_run_date(spark, database, "catalog", run_date)
+    if previous is not None and previous not in stage_run_dates(spark, database, stage):
+        raise DedupError(
+            f"the {stage} stage did not finish for {previous}, the previous catalogued night, so {why}: "
+            f"rerun {previous} first (dedup_backfill start_date={previous})"
+        )
+    return previous
+
+
 def replace_partition(spark, df, database: str, table: str, partition: dict[str, str]) -> int:
     """Atomically replaces one partition of a table with the rows of ``df``.
 

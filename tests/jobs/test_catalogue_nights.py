@@ -366,3 +366,17 @@ def test_reembed_moves_the_whole_catalogue_to_the_new_model_version(spark, pipel
         ("r1", "r2", N2, new_version)
     ]
     assert embedded["pairs"].details["stale_model_version"] == 0
+
+
+def test_a_broken_chain_of_nights_stops_with_what_to_rerun(spark, pipeline_config):
+    config = _database(pipeline_config, "gaps")
+    for night in (N1, N2, N3):
+        _write_embeddings(spark, config, night, [(f"g-{night}", "s1", _near(_U, int(night[-1])))])
+    _run(spark, config, "catalog", N1)
+    with pytest.raises(DedupError, match=rf"would miss the embeddings of \['{N2}'\]"):
+        _run(spark, config, "catalog", N3)  # N2 was never catalogued
+    _run(spark, config, "catalog", N2)
+    with pytest.raises(DedupError, match=f"pairs stage did not finish for {N1}.*dedup_backfill start_date={N1}"):
+        _run(spark, config, "pairs", N2)
+    with pytest.raises(DedupError, match=f"the pairs stage has not run for {N2}"):
+        _run(spark, config, "groups", N2)
