@@ -7,10 +7,12 @@ Precedence (later wins):
 4. CLI flags ``--set section.key=value`` (and stage flags such as ``--min-similarity``).
 
 Unknown sections or keys are errors, and every problem is reported at once. Relative paths in
-``[paths]`` (and the file keys in ``PATH_KEYS``) are resolved against the directory of the TOML file that set
-them (or the working directory for defaults, env vars and flags), so the same file works from any
-working directory, including an Airflow worker's. The resolved config is written as JSON next to
-each stage's output.
+``[paths]`` (and the file keys in ``PATH_KEYS`` and ``PATH_LIST_KEYS``) are resolved against the
+directory of the TOML file that set them (or the working directory for defaults, env vars and
+flags), so the same file works from any working directory, including an Airflow worker's. A list
+key (``tuple[str, ...]``) takes a TOML array, or from env vars and flags a JSON array or a comma
+list (``--set validation.image_uri_schemes=file,https``). The resolved config is written as JSON
+next to each stage's output.
 
 Example:
     >>> cfg = load_config("conf/sspr.toml", overrides={"dedup.min_similarity": "0.9"})
@@ -77,6 +79,19 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f'{where}: expected a table of key = "value"')
         return {str(k): str(v) for k, v in value.items()}
+    if origin is tuple and typing.get_args(target) == (str, ...):
+        if isinstance(value, str):
+            # env / --set: a JSON array, or a comma list such as "file,https"
+            if value.strip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{where}: expected a JSON array or a comma list") from None
+            else:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{where}: expected a list of strings, e.g. ["a", "b"], got {value!r}')
+        return tuple(value)
     if isinstance(target, types.UnionType):
         raise ConfigError(f"{where}: union types are not supported in config")
     raise ConfigError(f"{where}: unsupported config type {target!r}")
@@ -98,6 +113,8 @@ PATH_KEYS = {
     ("train", "checkpoint_dir"),
     ("train", "init_weights"),
 }
+# lists of file paths, each resolved the same way
+PATH_LIST_KEYS = {("validation", "image_uri_roots")}
 
 
 def _apply(
@@ -130,6 +147,8 @@ def _apply(
                 continue
             if section == "paths" or (section, key) in PATH_KEYS and coerced:
                 coerced = _resolve_path(coerced, base)
+            elif (section, key) in PATH_LIST_KEYS:
+                coerced = tuple(_resolve_path(p, base) for p in coerced)
             layers.setdefault(section, {})[key] = coerced
 
 

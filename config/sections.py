@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from config.errors import ConfigError
 from dedup.config import DedupConfig
 from encoder.config import EncoderConfig, LossConfig
 
+_URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")  # RFC 3986 scheme, lower-case
 TRAIN_SOURCES = ("wdc", "grocery")  # training.train: WDC text clusters, GroceryStore photos
 
 
@@ -70,10 +72,29 @@ class ValidationConfig:
     # title_too_long (the text model reads only the first encoder.text_max_tokens tokens, so a
     # pasted description would be silently cut); 0 = no limit
     max_title_chars: int = 1000
+    # image_uri rules of the embed stage (schemas.uris.check_image_uri); a refused uri is not read
+    # and the listing is embedded text-only with image_error "image_uri_not_allowed: ..."
+    image_uri_schemes: tuple[str, ...] = ("file", "https")  # lower-case; "file" covers bare paths
+    image_uri_roots: tuple[str, ...] = ()  # local folders image files may be read from; empty = none
+    image_uri_hosts: tuple[str, ...] = ()  # remote hosts (".example.com": its subdomains); empty = none
 
     def __post_init__(self) -> None:
+        problems = []
         if self.max_title_chars < 0:
-            raise ConfigError(f"validation.max_title_chars={self.max_title_chars} must be >= 0 (0 = no limit)")
+            problems.append(f"validation.max_title_chars={self.max_title_chars} must be >= 0 (0 = no limit)")
+        for name in ("image_uri_schemes", "image_uri_roots", "image_uri_hosts"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+                problems.append(f"validation.{name}={value!r} must be a list of non-empty strings")
+            else:
+                # a list from JSON (a run's resolved config) compares and hashes like the tuple
+                object.__setattr__(self, name, tuple(value))
+        schemes = self.image_uri_schemes if isinstance(self.image_uri_schemes, tuple) else ()
+        bad = [s for s in schemes if not _URI_SCHEME.match(s)]
+        if bad:
+            problems.append(f"validation.image_uri_schemes: {bad} are not lower-case scheme names such as 'https'")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -184,8 +205,11 @@ class PipelineConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the config as plain JSON-serialisable dicts (section -> key -> value)."""
-        return dataclasses.asdict(self)
+        """Returns the config as plain JSON-serialisable dicts (section -> key -> value).
+
+        Tuples become lists, as JSON has them, so the dict equals the JSON read back.
+        """
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self) -> str:
         """Returns the config as indented JSON, for writing next to a stage's output."""

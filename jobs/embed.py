@@ -4,10 +4,12 @@ The encoder (``encoder/``) is built inside each executor's Python worker, once p
 the driver. With GPU scheduling configured (``spark.executor_gpus`` / ``spark.task_gpus`` in the
 config, i.e. ``spark.executor.resource.gpu.amount`` / ``spark.task.resource.gpu.amount``) each task
 encodes on the GPU Spark assigned to it; otherwise on CPU. A broken or unreadable image is not
-fatal: the listing is embedded text-only and ``image_error`` says why. A listing with neither a
-usable title nor a usable image (a blank title and a corrupt image) gets no vectors, is kept out of
-the catalogue and is counted as skipped (``not_embeddable``). Deleted listings (``is_deleted``) are
-written as tombstones without vectors and counted as skipped, so
+fatal: the listing is embedded text-only and ``image_error`` says why; an ``image_uri`` that
+``validation.image_uri_schemes`` / ``_roots`` / ``_hosts`` do not allow is not even opened
+(``image_uri_not_allowed: ...``, ``schemas.uris``). A listing with neither a usable title nor a
+usable image (a blank title and a corrupt image) gets no vectors, is kept out of the catalogue and
+is counted as skipped (``not_embeddable``). Deleted listings (``is_deleted``) are written as
+tombstones without vectors and counted as skipped, so
 rows_in = rows_out + rows_skipped. With ``--reembed`` (after a model change) the stage also
 re-embeds, from their latest ``listings`` row, every listing of the previous catalogue whose vectors
 are of another model version, so the whole catalogue moves to the configured encoder's version
@@ -27,9 +29,12 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from config.sections import ValidationConfig
 from encoder.config import EncoderConfig, vector_dim
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import EMBEDDINGS, TABLES, to_ddl
+from schemas.uris import PREFIX as NOT_ALLOWED
+from schemas.uris import check_image_uri, local_image_path
 
 log = logging.getLogger(__name__)
 STAGE = "embed"
@@ -73,28 +78,51 @@ def get_encoder(encoder_config: EncoderConfig):
     return _ENCODERS[key]
 
 
-def read_image_uri(uri: str) -> tuple[bytes | None, str | None]:
-    """Reads image bytes from a local path or fsspec URL.
+def read_image_uri(uri: str, validation: ValidationConfig) -> tuple[bytes | None, str | None]:
+    """Reads image bytes from a local path or fsspec URL that the config allows.
+
+    Args:
+        uri: the listing's ``image_uri``.
+        validation: the ``image_uri_schemes`` / ``_roots`` / ``_hosts`` rules
+            (``schemas.uris.check_image_uri``).
 
     Returns:
-        ``(bytes, None)``, or ``(None, reason)`` when the URI cannot be read.
+        ``(bytes, None)``, or ``(None, reason)`` when the uri is not allowed (``image_uri_not_allowed:
+        ...``; nothing is opened) or cannot be read (``image_uri_unreadable: ...``).
     """
-    import fsspec
-
+    refused = check_image_uri(
+        uri,
+        schemes=validation.image_uri_schemes,
+        roots=validation.image_uri_roots,
+        hosts=validation.image_uri_hosts,
+    )
+    if refused:
+        return None, refused[:500]
+    # A local file is opened by the resolved path that was checked, not via fsspec, which would
+    # expand "~" and strip "file://" its own way.
+    path = local_image_path(uri)
     try:
+        if path is not None:
+            with open(path, "rb") as handle:
+                return handle.read(), None
+        import fsspec
+
         with fsspec.open(uri, "rb") as handle:
             return handle.read(), None
     except Exception as exc:  # noqa: BLE001 - any IO failure means "embed text-only and flag"
         return None, f"image_uri_unreadable: {type(exc).__name__}: {exc}"[:500]
 
 
-def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: EncoderConfig) -> Iterator[pd.DataFrame]:
+def embed_batches(
+    batches: Iterator[pd.DataFrame], encoder_config: EncoderConfig, validation: ValidationConfig
+) -> Iterator[pd.DataFrame]:
     """mapInPandas body: encodes listings into m / t / i vectors.
 
     Args:
         batches: rows with ``listing_id``, ``supplier_id``, ``updated_at``, ``title``, ``image``,
             ``image_uri`` (deleted listings are filtered out before).
         encoder_config: the encoder settings.
+        validation: which ``image_uri`` values may be read (``read_image_uri``).
 
     Yields:
         Rows of the ``embeddings`` contract without ``run_date``.
@@ -104,14 +132,16 @@ def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: EncoderConfig
         started = time.monotonic()
         images: list[bytes | None] = []
         uri_errors: list[str | None] = []
+        refused = 0
         for data, uri in zip(batch["image"], batch["image_uri"], strict=True):
             if data is not None and not (isinstance(data, float) and np.isnan(data)):
                 images.append(bytes(data))
                 uri_errors.append(None)
             elif isinstance(uri, str) and uri.strip():
-                data, error = read_image_uri(uri.strip())
+                data, error = read_image_uri(uri.strip(), validation)
                 images.append(data)
                 uri_errors.append(error)
+                refused += bool(error and error.startswith(NOT_ALLOWED))
             else:
                 images.append(None)
                 uri_errors.append(None)
@@ -126,7 +156,12 @@ def embed_batches(batches: Iterator[pd.DataFrame], encoder_config: EncoderConfig
                 ignore_index=True,
             )
         yield frame
-        log.info("embedded %d listings in %.2fs", len(batch), time.monotonic() - started)
+        log.info(
+            "embedded %d listings in %.2fs; %d image_uri not allowed (validation.image_uri_*), not read",
+            len(batch),
+            time.monotonic() - started,
+            refused,
+        )
 
 
 def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -> pd.DataFrame:
@@ -171,12 +206,14 @@ def _encode_one(
         )
 
 
-def embed_listings(listings, encoder_config: EncoderConfig, partitions: int):
+def embed_listings(listings, encoder_config: EncoderConfig, validation: ValidationConfig, partitions: int):
     """Encodes listings (not deleted) into embedding rows.
 
     Args:
         listings: rows of the ``listings`` table.
         encoder_config: the encoder settings.
+        validation: which ``image_uri`` values may be read; kept out of ``encoder_config`` because
+            that feeds the model_version hash.
         partitions: how many tasks to spread the encoding over.
 
     Returns:
@@ -192,7 +229,9 @@ def embed_listings(listings, encoder_config: EncoderConfig, partitions: int):
     return (
         live.repartition(partitions, "listing_id")
         .sortWithinPartitions("listing_id")
-        .mapInPandas(lambda batches: embed_batches(batches, encoder_config), schema=to_ddl(EMBEDDINGS, columns))
+        .mapInPandas(
+            lambda batches: embed_batches(batches, encoder_config, validation), schema=to_ddl(EMBEDDINGS, columns)
+        )
     )
 
 
@@ -262,7 +301,7 @@ def run(ctx: StageContext) -> StageResult:
             log.info("re-embedding %d catalogue listings of other model versions", reembedded)
     rows_in = listings.count()
     partitions = max(1, min(ctx.spark.sparkContext.defaultParallelism, rows_in // 64 + 1))
-    embedded = embed_listings(listings, ctx.config.encoder, partitions)
+    embedded = embed_listings(listings, ctx.config.encoder, ctx.config.validation, partitions)
     out = embedded.unionByName(tombstones(listings)).withColumn("run_date", F.lit(ctx.run_date)).persist()
     try:
         stats = out.agg(

@@ -32,7 +32,9 @@ Each case is a dict:
   - ``"counts"``: the scale day: ``read``, ``validated`` and ``quarantined`` (rule -> rows).
 
 The row cases run with ``CONFIG_OVERRIDES`` (``validation.max_title_chars = 2000``, not the default
-1000), so the cases at and over the limit also show the configured value reaches the executors.
+1000), so the cases at and over the limit also show the configured value reaches the executors, and
+with ``validation.image_uri_roots`` = ``root/images`` (``image_uri_roots(root)``), so the image_uri
+cases read files there and are refused anywhere else.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ SCALE_DAY = "2031-02-01"  # one supplier with 200,000 listings (build_scale_day)
 
 MAX_TITLE_CHARS = 2000
 CONFIG_OVERRIDES = {"validation.max_title_chars": str(MAX_TITLE_CHARS)}
-"""Config the corpus is run with (``--set`` flags)."""
+"""Config the corpus is run with (``--set`` flags), besides ``image_uri_roots``."""
+
+
+def image_uri_roots(root: Path) -> dict[str, str]:
+    """Returns the ``--set`` flag that lets embed read the corpus's ``root/images`` folder."""
+    return {"validation.image_uri_roots": str(root / "images")}
+
 
 SCALE_LISTINGS = 200_000
 
@@ -408,8 +416,20 @@ def _rows_day(root: Path, cases: list[dict[str, Any]]) -> None:
     )
     add(
         "image_uri_unknown_protocol",
-        {"expect": "embedded", "has_text": True, "has_image": False, "image_error": "image_uri_unreadable"},
+        {"expect": "embedded", "has_text": True, "has_image": False, "image_error": "image_uri_not_allowed"},
         _row("image_uri_unknown_protocol", title="mug, odd uri", image_uri="nosuchprotocol://bucket/mug.jpg"),
+    )
+    # a readable image outside validation.image_uri_roots (the images folder) is not read
+    (root / "outside.jpg").write_bytes(_jpeg())
+    add(
+        "image_uri_outside_roots",
+        {"expect": "embedded", "has_text": True, "has_image": False, "image_error": "image_uri_not_allowed"},
+        _row("image_uri_outside_roots", title="mug, image elsewhere", image_uri=str(image_dir / ".." / "outside.jpg")),
+    )
+    add(
+        "image_uri_javascript",
+        {"expect": "embedded", "has_text": True, "has_image": False, "image_error": "image_uri_not_allowed"},
+        _row("image_uri_javascript", title="mug, script uri", image_uri="javascript:alert(1)"),
     )
     add(
         "image_uri_missing_no_title",

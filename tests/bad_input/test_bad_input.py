@@ -98,6 +98,7 @@ def run_stage(spark, config, stage: str, run_date: str, **sets: str) -> StageRun
         "warehouse.database": config.warehouse.database,
         "encoder.num_threads": str(config.encoder.num_threads),
         **corpus.CONFIG_OVERRIDES,
+        **corpus.image_uri_roots(CORPUS_ROOT),
         **sets,
     }
     defaults = Path(config.paths.runs_dir).parent / "defaults.toml"  # the code defaults: no keys

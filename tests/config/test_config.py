@@ -312,3 +312,65 @@ def test_encoder_weights_path_resolves_against_the_config_file(tmp_path):
     cfg = load_config(path, environ={})
     assert cfg.encoder.weights == str((tmp_path / "weights" / "sspr.safetensors").resolve())
     assert load_config(None, environ={}).encoder.weights == ""  # empty stays empty
+
+
+# --- list keys (validation.image_uri_*) -------------------------------------------------------------
+
+
+def test_image_uri_defaults_deny_everything_not_configured():
+    cfg = load_config(SHIPPED, environ={})
+    assert cfg.validation.image_uri_schemes == ("file", "https")
+    assert cfg.validation.image_uri_roots == ()
+    assert cfg.validation.image_uri_hosts == ()
+    assert load_config(None, environ={}).validation == cfg.validation
+
+
+def test_image_uri_lists_from_toml_resolve_roots_against_the_config_file(tmp_path):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "sspr.toml"
+    path.write_text(
+        '[validation]\nimage_uri_schemes = ["file", "s3"]\nimage_uri_roots = ["../images", "/srv/img"]\n'
+        'image_uri_hosts = ["img.example.com", ".cdn.example.net"]\n'
+    )
+    cfg = load_config(path, environ={})
+    assert cfg.validation.image_uri_schemes == ("file", "s3")
+    assert cfg.validation.image_uri_roots == (str((tmp_path / "images").resolve()), "/srv/img")
+    assert cfg.validation.image_uri_hosts == ("img.example.com", ".cdn.example.net")
+
+
+def test_image_uri_lists_from_flags_and_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        None,
+        overrides={"validation.image_uri_roots": "imgs, /srv/img", "validation.image_uri_hosts": '["a.example.com"]'},
+        environ={"SSPR__VALIDATION__IMAGE_URI_SCHEMES": "https"},
+    )
+    assert cfg.validation.image_uri_roots == (str(tmp_path / "imgs"), "/srv/img")
+    assert cfg.validation.image_uri_hosts == ("a.example.com",)
+    assert cfg.validation.image_uri_schemes == ("https",)
+    assert load_config(None, overrides={"validation.image_uri_hosts": ""}, environ={}).validation.image_uri_hosts == ()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"validation.image_uri_schemes": "file,HTTPS"}, "['HTTPS'] are not lower-case scheme names"),
+        ({"validation.image_uri_schemes": "https:"}, "['https:'] are not lower-case scheme names"),
+        ({"validation.image_uri_hosts": "[1, 2]"}, "expected a list of strings"),
+        ({"validation.image_uri_roots": "[not json"}, "expected a JSON array or a comma list"),
+    ],
+)
+def test_invalid_image_uri_lists_raise_config_error(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides=overrides, environ={})
+    assert fragment in str(info.value)
+
+
+def test_image_uri_list_in_toml_is_an_array_or_a_comma_string(tmp_path):
+    path = _write(tmp_path, '[validation]\nimage_uri_hosts = "img.example.com"\n')
+    cfg = load_config(path, environ={})  # a string is a comma list, as from env vars and flags
+    assert cfg.validation.image_uri_hosts == ("img.example.com",)
+    path = _write(tmp_path, "[validation]\nimage_uri_hosts = 3\n")
+    with pytest.raises(ConfigError, match="expected a list of strings"):
+        load_config(path, environ={})
