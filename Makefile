@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install nightly lint test test-fast evaluate train lexical verifier clean help
+.PHONY: install browser nightly review lint test test-fast evaluate train lexical verifier clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -31,17 +31,23 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+browser:  ## apt-get install chromium + chromedriver for the review app's browser test (no-op when present)
+	bin/install-browser
+
 nightly: install  ## run the nightly DAG (airflow dags test) over every sample day, then print a summary
 	bin/run-sample-nightly
+
+review: install  ## start the governance review app on the warehouse's nights: http://127.0.0.1:8765 (after make nightly)
+	$(BIN)/python -m review --config $(SSPR_CONFIG)
 
 lint: install  ## ruff lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint, then the whole test suite (unit, Spark, DAG and end-to-end)
+test: lint browser  ## lint, then the whole test suite (unit, Spark, DAG and end-to-end)
 	$(BIN)/python -m pytest
 
-test-fast: lint  ## lint, then the tests without the end-to-end DAG run
+test-fast: lint browser  ## lint, then the tests without the end-to-end DAG run
 	$(BIN)/python -m pytest -m "not e2e"
 
 evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md

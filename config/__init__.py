@@ -11,6 +11,7 @@ from config.loader import ENV_PREFIX, load_config
 from config.sections import (
     PathsConfig,
     PipelineConfig,
+    ReviewConfig,
     SamplingConfig,
     SparkConfig,
     TrainConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "DedupError",
     "PathsConfig",
     "PipelineConfig",
+    "ReviewConfig",
     "SamplingConfig",
     "SparkConfig",
     "TrainConfig",

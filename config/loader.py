@@ -112,6 +112,9 @@ PATH_KEYS = {
     ("train", "out"),
     ("train", "checkpoint_dir"),
     ("train", "init_weights"),
+    ("review", "decisions_db"),
+    ("review", "secret_key_file"),
+    ("review", "suggestions_dir"),
 }
 # lists of file paths, each resolved the same way
 PATH_LIST_KEYS = {("validation", "image_uri_roots")}

@@ -191,6 +191,45 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The governance review app (``python -m review``, review/app.py)."""
+
+    host: str = "127.0.0.1"  # the address it listens on; 127.0.0.1 = this machine only
+    port: int = 8765
+    decisions_db: str = "var/review/decisions.sqlite"  # SQLite file holding the review_decisions table
+    secret_key_file: str = "var/review/secret.key"  # signs the session cookie; created (mode 0600) if missing
+    suggestions_dir: str = "var/review/suggestions"  # recorded threshold suggestions, with provenance (JSON)
+    # trust this request header (set by a single sign-on proxy in front) as the reviewer's
+    # identity; "" = reviewers give their name on a sign-in form
+    identity_header: str = ""
+    page_size: int = 50  # groups per page of a night's list
+    target_precision: float = 0.9  # the calibration page's default precision target
+    # an image_uri a browser may load directly as <img src> (schemas.uris.renderable_image_src);
+    # any other uri is shown only as a thumbnail the app re-encodes, or not at all
+    image_src_schemes: tuple[str, ...] = ("https",)
+    image_src_hosts: tuple[str, ...] = ()  # ".example.com" = its subdomains; empty = none
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"review.port={self.port} must be in 1..65535")
+        if self.page_size < 1:
+            problems.append(f"review.page_size={self.page_size} must be >= 1")
+        if not 0 < self.target_precision <= 1:
+            problems.append(f"review.target_precision={self.target_precision} must be in (0, 1]")
+        for name in ("image_src_schemes", "image_src_hosts"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+                problems.append(f"review.{name}={value!r} must be a list of non-empty strings")
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.image_src_schemes, tuple) and not set(self.image_src_schemes) <= {"http", "https"}:
+            problems.append(f"review.image_src_schemes={list(self.image_src_schemes)}: only http and https")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything a command needs, composed from the component configs (one section each)."""
 
@@ -203,6 +242,7 @@ class PipelineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain JSON-serialisable dicts (section -> key -> value).

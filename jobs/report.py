@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.tables import TABLES
+from schemas.tables import REVIEW_EXTRACT, TABLES
 
 log = logging.getLogger(__name__)
 STAGE = "report"
 MAX_GROUPS_ON_PAGE = 500
 THUMBNAIL_PX = 96
+HISTOGRAM_BINS = 50
 
 
 def _clean(value: Any) -> Any:
@@ -48,7 +49,6 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
     Returns:
         ``(report, images)``: the JSON-able report and ``listing_id -> image bytes``.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from jobs.warehouse import ensure_tables
@@ -70,25 +70,8 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
     group_rows = [r.asDict() for r in groups.collect()]
     shown = [g["group_id"] for g in group_rows]
     members = table("group_members").filter((F.col("run_date") == day) & F.col("group_id").isin(shown))
-    latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
-    attributes = (
-        table("listings")
-        .filter(F.col("run_date") <= day)
-        .join(members.select("listing_id").distinct(), on="listing_id", how="left_semi")
-        .withColumn("_rank", F.row_number().over(latest))
-        .filter("_rank = 1")
-        .select("listing_id", "title", "brand", "price", "currency", "image")
-    )
-    member_rows = members.join(attributes, on="listing_id", how="left").collect()
-    # every live pair inside a shown group, also those found on earlier nights
-    side = lambda name: members.select(F.col("listing_id").alias(name), "group_id")
-    pairs = (
-        table("live_pairs")
-        .filter(F.col("run_date") == day)
-        .join(side("listing_id_l"), on="listing_id_l")
-        .join(side("listing_id_r"), on=["listing_id_r", "group_id"])
-        .collect()
-    )
+    member_rows = members.join(member_attributes(ctx, members), on="listing_id", how="left").collect()
+    pairs = group_pairs(ctx, members).collect()
     lineage = [
         r.asDict()
         for r in table("group_lineage")
@@ -140,6 +123,102 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
         "lineage": lineage,
     }
     return report, images
+
+
+def member_attributes(ctx: StageContext, members):
+    """Returns the latest listing attributes (as of the run date) of the given group members."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = Window.partitionBy("listing_id").orderBy(F.col("run_date").desc(), F.col("updated_at").desc())
+    return (
+        ctx.spark.table(f"{ctx.database}.listings")
+        .filter(F.col("run_date") <= ctx.run_date)
+        .join(members.select("listing_id").distinct(), on="listing_id", how="left_semi")
+        .withColumn("_rank", F.row_number().over(latest))
+        .filter("_rank = 1")
+        .select("listing_id", "title", "brand", "price", "currency", "category", "image", "image_uri")
+    )
+
+
+def group_pairs(ctx: StageContext, members):
+    """Returns every live pair of the run date inside one of the given members' groups (with
+    ``group_id``), also those found on earlier nights."""
+    from pyspark.sql import functions as F
+
+    side = lambda name: members.select(F.col("listing_id").alias(name), "group_id")
+    return (
+        ctx.spark.table(f"{ctx.database}.live_pairs")
+        .filter(F.col("run_date") == ctx.run_date)
+        .join(side("listing_id_l"), on="listing_id_l")
+        .join(side("listing_id_r"), on=["listing_id_r", "group_id"])
+    )
+
+
+def collect_review_extract(ctx: StageContext) -> dict[str, Any]:
+    """Reads every group of the run date, its members' attributes and its pairs, for the review app.
+
+    Returns:
+        ``{"groups", "members", "pairs"}`` -> Arrow tables in a fixed row order (the
+        ``schemas.tables.REVIEW_EXTRACT`` contracts), so a rerun writes the same files.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    day = ctx.run_date
+    table = lambda name: ctx.spark.table(f"{ctx.database}.{name}").filter(F.col("run_date") == day).drop("run_date")
+    members = table("group_members")
+    members_full = members.join(member_attributes(ctx, members), on="listing_id", how="left")
+    # a group's category: its members' most common one (ties: the first by name)
+    top = Window.partitionBy("group_id").orderBy(F.col("count").desc(), F.col("category").asc_nulls_last())
+    category = (
+        members_full.groupBy("group_id", "category")
+        .count()
+        .withColumn("_rank", F.row_number().over(top))
+        .filter("_rank = 1")
+        .select("group_id", "category")
+    )
+    frames = {
+        "groups": (table("groups").join(category, on="group_id", how="left"), ["supplier_id", "group_id"]),
+        "members": (members_full, ["group_id", "listing_id"]),
+        "pairs": (group_pairs(ctx, members), ["group_id", "listing_id_l", "listing_id_r"]),
+    }
+    return {name: frame.orderBy(*keys).toArrow() for name, (frame, keys) in frames.items()}
+
+
+def similarity_histograms(ctx: StageContext, bins: int = HISTOGRAM_BINS) -> list[dict[str, Any]]:
+    """Counts the run date's pairs in ``bins`` equal bins of [0, 1]: similarity_m, and the
+    verifier's match probability when the pipeline has a verifier; each with its threshold."""
+    from pyspark.sql import functions as F
+
+    dedup = ctx.config.dedup
+    scores = [("similarity_m", "dedup.min_similarity", dedup.min_similarity, "similarity_m (image + text)")]
+    if dedup.verifier:
+        scores.append(("match_score", "dedup.min_probability", dedup.min_probability, "verifier match probability"))
+    pairs = ctx.spark.table(f"{ctx.database}.pairs").filter(F.col("run_date") == ctx.run_date)
+    out = []
+    for column, key, threshold, title in scores:
+        binned = (
+            pairs.filter(F.col(column).isNotNull())
+            .select(F.least(F.greatest(F.floor(F.col(column) * bins), F.lit(0)), F.lit(bins - 1)).alias("bin"))
+            .groupBy("bin")
+            .count()
+            .collect()
+        )
+        counts = [0] * bins
+        for row in binned:
+            counts[int(row["bin"])] = int(row["count"])
+        out.append(
+            {
+                "title": f"{title} of the night's pairs",
+                "column": column,
+                "config_key": key,
+                "threshold": threshold,
+                "edges": [k / bins for k in range(bins + 1)],
+                "counts": counts,
+            }
+        )
+    return out
 
 
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> str | None:
@@ -230,13 +309,39 @@ def render_review_page(report: dict[str, Any], images: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Path:
+def write_review_extract(folder: str | Path, tables: dict[str, Any]) -> None:
+    """Writes a night's extract (``groups``, ``members``, ``pairs``) into ``{folder}/review/``.
+
+    Each table is cast to its ``schemas.tables.REVIEW_EXTRACT`` contract first, so the review app
+    (``review.runs``) never reads an extract that drifted from it.
+
+    Raises:
+        ValueError: a table is missing or does not fit its contract.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(folder) / "review"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in REVIEW_EXTRACT.items():
+        if name not in tables:
+            raise ValueError(f"the review extract needs a {name!r} table")
+        table = tables[name]
+        missing = [f.name for f in schema if f.name not in table.column_names]
+        if missing:
+            raise ValueError(f"review extract {name!r} lacks columns {missing}")
+        pq.write_table(table.select(schema.names).cast(schema), out / f"{name}.parquet")
+
+
+def publish_report(
+    reports_dir: str, run_date: str, files: dict[str, str], extract: dict[str, Any] | None = None
+) -> Path:
     """Writes the report files into ``{reports_dir}/run_date=D/``, replacing the old folder whole.
 
     Args:
         reports_dir: the reports root.
         run_date: the run date.
         files: file name -> text content.
+        extract: the review app's tables (``collect_review_extract``), written under ``review/``.
 
     Returns:
         The published folder.
@@ -248,6 +353,8 @@ def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Pa
     try:
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
+        if extract is not None:
+            write_review_extract(staging, extract)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -265,6 +372,8 @@ def publish_report(reports_dir: str, run_date: str, files: dict[str, str]) -> Pa
 def run(ctx: StageContext) -> StageResult:
     """Builds and publishes the run date's report and review page."""
     report, images = collect_report(ctx)
+    report["histograms"] = similarity_histograms(ctx)
+    extract = collect_review_extract(ctx)
     folder = publish_report(
         ctx.config.paths.reports_dir,
         ctx.run_date,
@@ -272,8 +381,15 @@ def run(ctx: StageContext) -> StageResult:
             "report.json": json.dumps(report, indent=2, ensure_ascii=False),
             "review.html": render_review_page(report, images),
         },
+        extract,
     )
-    log.info("report for %s: %d groups -> %s/review.html", ctx.run_date, report["groups_total"], folder)
+    log.info(
+        "report for %s: %d groups -> %s/review.html; review app extract: %d groups, %d members, %d pairs",
+        ctx.run_date,
+        report["groups_total"],
+        folder,
+        *(extract[name].num_rows for name in ("groups", "members", "pairs")),
+    )
     return StageResult(
         rows_in=report["groups_total"], rows_out=len(report["groups"]), details={"report_dir": str(folder)}
     )

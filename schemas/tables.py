@@ -349,3 +349,55 @@ def empty_frame(schema: pa.Schema):
     grouped-map output for numeric columns, so empty results must carry real dtypes.
     """
     return schema.empty_table().to_pandas()
+
+
+REVIEW_GROUPS = pa.schema(
+    [
+        pa.field("supplier_id", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("weakest_similarity", pa.float32()),
+        pa.field("strongest_similarity", pa.float32()),
+        pa.field("has_bridge", pa.bool_()),
+        pa.field("created_on", pa.string()),
+        pa.field("category", pa.string()),
+    ]
+)
+"""The review app's groups of a night (``review/groups.parquet`` of its report): ``groups`` plus
+``category``, the members' most common one."""
+
+REVIEW_MEMBERS = pa.schema(
+    [
+        pa.field("supplier_id", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("listing_id", pa.string()),
+        pa.field("is_new", pa.bool_()),
+        pa.field("first_seen", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("brand", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("currency", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+    ]
+)
+"""The review app's group members with their latest listing attributes (untrusted: escape them)."""
+
+REVIEW_PAIRS = pa.schema(
+    [
+        pa.field("supplier_id", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("listing_id_l", pa.string()),
+        pa.field("listing_id_r", pa.string()),
+        pa.field("found_on", pa.string()),
+        pa.field("similarity_m", pa.float32()),
+        pa.field("similarity_t", pa.float32()),
+        pa.field("similarity_i", pa.float32()),
+        pa.field("match_score", pa.float32()),
+    ]
+)
+"""The review app's pairs: the night's live pairs inside each group, with their per-modality evidence."""
+
+REVIEW_EXTRACT = {"groups": REVIEW_GROUPS, "members": REVIEW_MEMBERS, "pairs": REVIEW_PAIRS}
+"""File name (without ``.parquet``) -> contract of the report stage's review extract (``review.runs``)."""

@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"config", "encoder", "dedup", "benchmarks"},
     "evaluation": {"config", "encoder", "dedup", "benchmarks"},
     "jobs": {"config", "encoder", "dedup", "schemas"},
+    "review": {"config", "dedup", "schemas"},
     "dags": set(),
 }
 OURS = set(ALLOWED) | {"bench", "examples"}

@@ -245,6 +245,7 @@ def test_a_backfill_of_the_later_days_reproduces_them_byte_for_byte(nightly):
     env, warehouse, root = nightly
     days = DAYS[1:]
     before = {day: _snapshot(warehouse, day) for day in days}
+    extracts = {day: _review_extract(root, day) for day in days}
     conf = json.dumps({"start_date": days[0], "end_date": days[-1]})
     log = root / "logs" / "backfill.log"
     _airflow(env, "dags", "test", "dedup_backfill", DAYS[-1], "-c", conf, log=log)
@@ -257,3 +258,41 @@ def test_a_backfill_of_the_later_days_reproduces_them_byte_for_byte(nightly):
         assert len(_table(warehouse, "run_metrics", day)) == 6  # one row per stage, replaced, not appended
         report = json.loads((root / "reports" / f"run_date={day}" / "report.json").read_text())
         assert report["groups_total"] == len(_table(warehouse, "groups", day))
+        assert _review_extract(root, day) == extracts[day], f"the review app's extract of {day} changed on a rerun"
+
+
+def _review_extract(root: Path, day: str) -> dict[str, bytes]:
+    folder = root / "reports" / f"run_date={day}" / "review"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+
+
+def test_the_review_app_shows_every_night_of_the_real_run(nightly, tmp_path):
+    """The review app over the nightly's real report extracts: every night, every group, thumbnails."""
+    from starlette.testclient import TestClient
+
+    from config import load_config
+    from review.app import create_app
+
+    _env, warehouse, root = nightly
+    config = load_config(
+        REPO / "conf" / "sspr.toml",
+        {
+            "paths.reports_dir": str(root / "reports"),
+            "review.decisions_db": str(tmp_path / "decisions.sqlite"),
+            "review.secret_key_file": str(tmp_path / "secret.key"),
+        },
+        environ={},
+    )
+    with TestClient(create_app(config), base_url="http://127.0.0.1") as client:
+        for day in DAYS:
+            groups = _table(warehouse, "groups", day)
+            page = client.get(f"/runs/{day}").text
+            assert f"{len(groups)} groups" in page
+            assert 'class="threshold"' in page  # the similarity histogram with the threshold line
+        members = _table(warehouse, "group_members", DAYS[-1])
+        with_image = {r["listing_id"] for r in _table(warehouse, "listings") if r["image"] is not None}
+        member = next(m for m in members if m["listing_id"] in with_image)
+        page = client.get(f"/runs/{DAYS[-1]}/groups/{member['group_id']}").text
+        assert member["listing_id"] in page and 'class="thumb"' in page
+        thumb = client.get(f"/runs/{DAYS[-1]}/images/{member['listing_id']}")
+        assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"

@@ -1,0 +1,145 @@
+"""The review app in a real headless browser (Debian chromium + chromedriver through Selenium).
+
+A reviewer opens the night, filters, opens a group, sees thumbnails and scores, signs in, records
+a decision, reloads and sees it stored. A hostile title and image uri render inert. Screenshots
+go to ``$SSPR_TEST_ARTIFACTS`` (default ``var/test-artifacts``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.review.conftest import HOSTILE_TITLE, RUN_DATE
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.browser
+
+
+def artifacts_dir() -> Path:
+    folder = Path(os.environ.get("SSPR_TEST_ARTIFACTS", REPO / "var" / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def server(review_config):
+    """The app served by uvicorn on a free local port, in a thread."""
+    import uvicorn
+
+    from review.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(review_config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the review app did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("chromium and chromedriver are missing: run bin/install-browser (make test does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def assert_no_dialog(driver) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert  # noqa: B018 - the property raises when no dialog is open
+
+
+def test_a_reviewer_goes_from_a_night_to_a_stored_decision(server, browser, review_config):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server + "/")
+    assert browser.find_element(By.ID, "group-count").text.startswith("3 groups")
+    assert browser.find_elements(By.CSS_SELECTOR, "figure.histogram svg line.threshold")
+
+    Select(browser.find_element(By.ID, "f-supplier")).select_by_value("s-dairy")
+    browser.find_element(By.ID, "f-apply").click()
+    assert browser.find_element(By.ID, "group-count").text.startswith("2 groups")
+    assert "supplier=s-dairy" in browser.current_url
+
+    browser.find_element(By.LINK_TEXT, "g-milk").click()
+    assert browser.find_element(By.ID, "group-id").text == "g-milk"
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "img.thumb")
+    assert len(thumbs) == 3
+    assert all(
+        browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", t) > 0 for t in thumbs
+    )
+    pairs = browser.find_element(By.ID, "pairs").text
+    assert "0.950" in pairs and "0.970" in pairs and "0.620" in pairs
+    assert browser.find_element(By.CSS_SELECTOR, "#pairs tr.weakest").text.startswith("m2 ↔ m3")
+    assert browser.find_element(By.ID, "group-decision").text == "undecided"
+
+    browser.find_element(By.PARTIAL_LINK_TEXT, "Sign in").click()
+    browser.find_element(By.ID, "reviewer-name").send_keys("ana@example.com")
+    browser.find_element(By.ID, "signin-submit").click()
+    assert browser.find_element(By.ID, "group-id").text == "g-milk"  # back where the reviewer was
+    browser.find_element(By.ID, "confirm-group").click()
+    assert browser.find_element(By.ID, "group-decision").text.startswith("confirmed by ana@example.com")
+    browser.find_elements(By.CSS_SELECTOR, "button.reject-member")[2].click()  # m3 is not a duplicate
+
+    browser.refresh()
+    assert browser.find_element(By.ID, "group-decision").text.startswith("confirmed by ana@example.com")
+    assert "not a duplicate" in browser.find_element(By.CSS_SELECTOR, "tr.member[data-listing='m3']").text
+    browser.save_screenshot(str(artifacts_dir() / "review-group.png"))
+    rows = (
+        sqlite3.connect(review_config.review.decisions_db)
+        .execute("SELECT listing_id, decision, reviewer FROM review_decisions ORDER BY listing_id")
+        .fetchall()
+    )
+    assert rows == [("", "confirm", "ana@example.com"), ("m3", "reject", "ana@example.com")]
+
+    browser.get(server + f"/runs/{RUN_DATE}?undecided=1")
+    assert browser.find_element(By.ID, "group-count").text.startswith("2 groups")
+    browser.get(server + "/calibration")
+    assert "decided pairs" in browser.find_element(By.ID, "precision-overall").text
+    browser.save_screenshot(str(artifacts_dir() / "review-calibration.png"))
+
+
+def test_hostile_title_and_image_uri_render_inert(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + f"/runs/{RUN_DATE}/groups/g-evil")
+    assert_no_dialog(browser)
+    row = browser.find_element(By.CSS_SELECTOR, "tr.member[data-listing='e1']")
+    assert row.find_element(By.CSS_SELECTOR, "td.title").text == HOSTILE_TITLE
+    assert row.find_elements(By.TAG_NAME, "script") == []
+    assert row.find_elements(By.TAG_NAME, "img") == []  # javascript: is never an image source
+    assert "no image" in row.text
+    sources = [i.get_attribute("src") or "" for i in browser.find_elements(By.TAG_NAME, "img")]
+    assert not any(s.startswith(("javascript:", "data:text")) for s in sources)
+    browser.save_screenshot(str(artifacts_dir() / "review-hostile.png"))
+    assert_no_dialog(browser)
