@@ -96,6 +96,18 @@ def create_app(config: PipelineConfig) -> Starlette:
         ]
     )
 
+    cached: dict[tuple, Any] = {}
+
+    def feedback_for(target: float):
+        # decisions change rarely and labelling all of them is the costly part of a page:
+        # recompute only when the store or a night's extract changed
+        stamps = tuple((d, _extract_stamp(reports_dir, d)) for d in list_runs(reports_dir))
+        key = (store.revision(), stamps, target)
+        if key not in cached:
+            cached.clear()
+            cached[key] = summarise_feedback(decided_pairs(reports_dir, store), target, current)
+        return cached[key]
+
     def reviewer_of(request: Request) -> str:
         if settings.identity_header:
             return request.headers.get(settings.identity_header, "").strip()
@@ -178,20 +190,16 @@ def create_app(config: PipelineConfig) -> Starlette:
             max_similarity=_number(q.get("max_similarity"), float),
             undecided_only=q.get("undecided") == "1",
         )
-        decisions = store.for_groups(run.groups["group_id"])
-        decided = {
-            g
-            for g, ds in decisions.items()
-            if any(d.listing_id == "" for d in ds if d.group_version == version_of(run, g))
-        }
+        whole = store.decided_versions()
+        decided = {g for g, v in zip(run.groups["group_id"], run.groups["version"], strict=True) if (g, v) in whole}
         shown = filter_groups(run, wanted, decided)
         page_no = max(1, _number(q.get("page"), int) or 1)
         size = settings.page_size
         pages = max(1, math.ceil(len(shown) / size))
         page_no = min(page_no, pages)
         rows = shown.iloc[(page_no - 1) * size : page_no * size]
-        labelled = decided_pairs(reports_dir, store)
-        feedback = summarise_feedback(labelled, settings.target_precision, current)
+        decisions = store.for_groups(rows["group_id"])
+        feedback = feedback_for(settings.target_precision)
         tonight = [e for e in feedback.by["run_date"] if e.key == run.run_date]
         params = {k: v for k, v in q.items() if k != "page" and v != ""}
         per_supplier = run.groups.groupby("supplier_id").agg(groups=("group_id", "size"), listings=("size", "sum"))
@@ -302,12 +310,11 @@ def create_app(config: PipelineConfig) -> Starlette:
         target = _number(request.query_params.get("target"), float) or settings.target_precision
         if not 0 < target <= 1:
             raise Refusal(400, f"target precision {target} must be in (0, 1]")
-        labelled = decided_pairs(reports_dir, store)
         return page(
             request,
             "calibration.html",
             target=target,
-            feedback=summarise_feedback(labelled, target, current),
+            feedback=feedback_for(target),
             current=current,
             recorded=sorted(Path(settings.suggestions_dir).glob("*.json"), reverse=True)[:10]
             if Path(settings.suggestions_dir).is_dir()
@@ -319,7 +326,7 @@ def create_app(config: PipelineConfig) -> Starlette:
         form, reviewer = await checked_form(request)
         target = _number(str(form.get("target", "")), float) or settings.target_precision
         key = str(form.get("config_key", ""))
-        feedback = summarise_feedback(decided_pairs(reports_dir, store), target, current)
+        feedback = feedback_for(target)
         chosen = [s for s in feedback.suggestions if s.config_key == key]
         if not chosen:
             raise Refusal(400, f"there is no suggestion for {key!r} at target {target}")
@@ -371,17 +378,16 @@ def create_app(config: PipelineConfig) -> Starlette:
     return Starlette(routes=routes, middleware=middleware)
 
 
+def _extract_stamp(reports_dir: str, run_date: str) -> float:
+    report = Path(reports_dir) / f"run_date={run_date}" / "report.json"
+    return report.stat().st_mtime if report.exists() else 0.0
+
+
 STAGE_ORDER = ("validate", "embed", "catalog", "pairs", "groups", "report")
 
 
 def _stage_rank(stage: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
-
-
-def version_of(run, group_id: str) -> str:
-    """Returns the current version digest of a group of the night ("" if unknown)."""
-    rows = run.groups.loc[run.groups["group_id"] == group_id, "version"]
-    return rows.iloc[0] if len(rows) else ""
 
 
 def group_state(decisions: list, version: str) -> dict[str, Any] | None:

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS review_decisions (
     run_date      TEXT NOT NULL,
     members       TEXT NOT NULL,
     PRIMARY KEY (group_id, group_version, listing_id, reviewer)
-)
+);
+CREATE TABLE IF NOT EXISTS review_revision (n INTEGER NOT NULL);
+INSERT INTO review_revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM review_revision);
 """
 
 
@@ -82,7 +84,7 @@ class DecisionStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -126,7 +128,7 @@ class DecisionStore:
         stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
         with self._connect() as db:
             # The same decision again keeps its first time (idempotent); a new one replaces it.
-            db.execute(
+            stored = db.execute(
                 "INSERT INTO review_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (group_id, group_version, listing_id, reviewer) DO UPDATE SET "
                 "decision = excluded.decision, decided_at = excluded.decided_at, run_date = excluded.run_date "
@@ -143,12 +145,25 @@ class DecisionStore:
                     json.dumps(ids),
                 ),
             )
+            if stored.rowcount:
+                db.execute("UPDATE review_revision SET n = n + 1")
             row = db.execute(
                 "SELECT * FROM review_decisions WHERE group_id = ? AND group_version = ? AND listing_id = ? "
                 "AND reviewer = ?",
                 (group_id, version, listing_id, reviewer.strip()),
             ).fetchone()
         return _as_decision(row)
+
+    def revision(self) -> int:
+        """Returns a counter that grows with every stored change (for caches of derived data)."""
+        with self._connect() as db:
+            return int(db.execute("SELECT n FROM review_revision").fetchone()[0])
+
+    def decided_versions(self) -> set[tuple[str, str]]:
+        """Returns the (group id, group version) pairs that have a whole-group decision."""
+        with self._connect() as db:
+            rows = db.execute("SELECT DISTINCT group_id, group_version FROM review_decisions WHERE listing_id = ''")
+            return {(r[0], r[1]) for r in rows}
 
     def for_groups(self, group_ids: Iterable[str]) -> dict[str, list[Decision]]:
         """Returns group id -> its decisions (every version, newest first)."""

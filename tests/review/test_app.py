@@ -126,6 +126,7 @@ def test_a_group_that_changed_shows_the_decision_was_on_an_earlier_version(clien
 
 def test_calibration_page_estimates_precision_and_records_a_suggestion(client, review_config):
     token = sign_in(client)
+    assert "no decided pairs yet" in client.get("/calibration", params={"target": "1.0"}).text  # cached now
     base = f"/runs/{RUN_DATE}/groups"
     client.post(f"{base}/g-milk/decisions", data={"decision": "confirm", "csrf_token": token})
     client.post(f"{base}/g-juice/decisions", data={"decision": "confirm", "csrf_token": token})
