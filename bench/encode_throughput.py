@@ -6,7 +6,8 @@
 Encoders, all built by ``encoder.build_encoder`` from ``conf/sspr.toml`` with overrides:
 ``zero-shot`` (the baseline of every ratio), ``sspr`` (the trained model alone) and ``hybrid``
 (the shipped default: sspr + lexical part). Plus ``lexical`` alone (``encoder.lexical``), to show
-what the hybrid adds. Cases: ``text-only`` (every sample listing's title, no image) and
+what the hybrid adds, and sentence-transformers' own ``encode`` of the same MiniLM weights (the
+yardstick of text-only speed). Cases: ``text-only`` (every sample listing's title, no image) and
 ``title+image`` (the sample listings that have a photo, with it).
 
 Each (encoder, case) is run once to warm up, then ``--repeats`` times; the median wall time gives
@@ -98,8 +99,25 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
                 }
             )
             log.info("%s / %s: %d records in %.2fs", name, case, len(case_titles), seconds)
-    lexical = LexicalVectorizer(base.lexical_buckets, base.lexical_idf)
     text = cases["text-only"][0]
+    # the yardstick of issue 14: sentence-transformers' own encode of the same MiniLM weights
+    from sentence_transformers import SentenceTransformer
+
+    from encoder.text import minilm_model_dir
+
+    model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
+    model.max_seq_length = base.text_max_tokens
+    seconds = measure(lambda: model.encode(text, batch_size=base.batch_size, show_progress_bar=False), repeats)
+    results.append(
+        {
+            "encoder": "sentence-transformers encode (MiniLM)",
+            "case": "text-only",
+            "records": len(text),
+            "seconds": round(seconds, 4),
+            "records_per_s": round(len(text) / seconds, 1),
+        }
+    )
+    lexical = LexicalVectorizer(base.lexical_buckets, base.lexical_idf)
     seconds = measure(lambda: lexical.transform(text), repeats)
     results.append(
         {

@@ -442,27 +442,31 @@ class SsprEncoder(nn.Module):
         # Masks per listing, over [text positions | image positions]. Column 0 is [CLS].
         text_mask = batch.attention_mask.to(self.device).bool() & has_text[:, None]  # [n, tokens]
         text_mask[:, 0] = True  # [CLS], attended in every view
-        cls_only = torch.zeros_like(text_mask)
-        cls_only[:, 0] = True
         image_mask = has_image[:, None].expand(n, cells)  # [n, cells]
-        no_image = torch.zeros_like(image_mask)
-        masks = {
-            "t": torch.cat([text_mask, no_image], dim=1),  # [n, seq]
-            "i": torch.cat([cls_only, image_mask], dim=1),
-            "m": torch.cat([text_mask, image_mask], dim=1),
-        }
-        # One row per distinct (listing, mask). m of a listing missing a modality has the
-        # same mask as its t (or i), so that row is not run twice: m is read from it below.
-        assert torch.equal(masks["m"][~has_image], masks["t"][~has_image])
-        assert torch.equal(masks["m"][~has_text], masks["i"][~has_text])
+        # One row per distinct (listing, view). m of a listing missing a modality equals its t
+        # (or i), so that row is not run twice: m is read from it below. Each view runs only on
+        # the positions it attends to: t on the text positions, i on [CLS] + the image cells, m
+        # on both. Masked positions add nothing to attention or the pool, so dropping them
+        # gives the same vectors and spares t (the common text-only listing) the 49 cells.
         view_rows = {
             "t": torch.nonzero(has_text).flatten(),
             "i": image_rows,
             "m": torch.nonzero(has_text & has_image).flatten(),
         }
-        row_listing = torch.cat([view_rows[v] for v in ("t", "i", "m")])  # [rows]
-        row_mask = torch.cat([masks[v][view_rows[v]] for v in ("t", "i", "m")])  # [rows, seq]
-        vectors = self._fuse(sequence[row_listing], row_mask)  # [rows, 256]
+        t_rows, i_rows, m_rows = view_rows["t"], view_rows["i"], view_rows["m"]
+        cls_token = text_tokens[:, :1]  # [n, 1, 384]
+        cls_mask = text_mask[:, :1]  # [n, 1], all True
+        runs = {
+            "t": (text_tokens[t_rows], text_mask[t_rows]),
+            "i": (
+                torch.cat([cls_token[i_rows], image_tokens[i_rows]], dim=1),
+                torch.cat([cls_mask[i_rows], image_mask[i_rows]], dim=1),
+            ),
+            "m": (sequence[m_rows], torch.cat([text_mask, image_mask], dim=1)[m_rows]),
+        }
+        vectors = torch.cat(
+            [self._fuse(*runs[v]) if view_rows[v].numel() else text_tokens.new_zeros((0, SSPR_DIM)) for v in "tim"]
+        )  # [rows, 256]
 
         counts = [view_rows[v].numel() for v in ("t", "i", "m")]
         t_vec, i_vec, m_vec = torch.split(vectors, counts)

@@ -411,6 +411,56 @@ def test_forward_matches_encode(trained: tuple, mixed: tuple[list, list]) -> Non
         np.testing.assert_allclose(getattr(out, name).numpy(), getattr(encoded, name), atol=1e-5, rtol=0, err_msg=name)
 
 
+def _one_full_pass(model: SsprEncoder, batch) -> dict[str, torch.Tensor]:
+    """The naive reference: every view over the whole [text | image cells] sequence, masked."""
+    n, cells = batch.has_text.shape[0], (model.config.image_size // 32) ** 2
+    text = model.text_tower.model.embeddings(input_ids=batch.input_ids)
+    image = text.new_zeros((n, cells, text.shape[2]))
+    rows = torch.nonzero(batch.has_image).flatten()
+    if rows.numel():
+        image = image.index_copy(0, rows, model.patch_embedding(model.image_tower.feature_map(batch.pixels)))
+    sequence = torch.cat([text, image], dim=1)
+    text_mask = batch.attention_mask.bool() & batch.has_text[:, None]
+    text_mask[:, 0] = True
+    cls_only = torch.zeros_like(text_mask)
+    cls_only[:, 0] = True
+    image_mask = batch.has_image[:, None].expand(n, cells)
+    masks = {
+        "t": torch.cat([text_mask, torch.zeros_like(image_mask)], dim=1),
+        "i": torch.cat([cls_only, image_mask], dim=1),
+        "m": torch.cat([text_mask, image_mask], dim=1),
+    }
+    return {v: model._fuse(sequence, mask) for v, mask in masks.items()}
+
+
+def test_each_view_run_on_its_own_positions_equals_the_full_masked_sequence(
+    trained: tuple, mixed: tuple[list, list]
+) -> None:
+    """forward runs t on the text positions only and i on [CLS] + image cells (no padding of
+    the other modality); the vectors must equal one pass over the whole masked sequence."""
+    model, _ = trained
+    from encoder.image import decode_image
+
+    titles, images = mixed
+    pixels = [None if data is None else decode_image(data, model.config.image_size)[0] for data in images]
+    batch = model.make_batch(titles, pixels)
+    with torch.no_grad():
+        out = model(batch)
+        reference = _one_full_pass(model, batch)
+    checks = {"t": out.has_text, "i": out.has_image, "m": out.has_text & out.has_image}
+    for view, rows in checks.items():
+        assert bool(rows.any()), f"the batch has no {view} rows; the check proves nothing"
+        np.testing.assert_allclose(
+            getattr(out, view)[rows].numpy(), reference[view][rows].numpy(), atol=2e-6, rtol=0, err_msg=view
+        )
+    # a text-only batch runs without any image position at all and gives the same t
+    text_only = model.make_batch([t for t in titles if t and t.strip()], [None] * 4)
+    with torch.no_grad():
+        alone = model(text_only)
+        full = _one_full_pass(model, text_only)
+    np.testing.assert_allclose(alone.t.numpy(), full["t"].numpy(), atol=2e-6, rtol=0)
+
+
 def test_forward_refuses_an_empty_listing(encoder: SsprEncoder) -> None:
     batch = encoder.make_batch(["title", None], [None, None])
     with pytest.raises(ValueError, match=r"rows \[1\] have neither a title nor an image"):
