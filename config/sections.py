@@ -17,6 +17,7 @@ from config.errors import ConfigError
 from dedup.config import DedupConfig
 from encoder.config import EncoderConfig, LossConfig
 
+_MEMORY = re.compile(r"^[1-9][0-9]*[kmgt]$")  # a JVM size: 4g, 512m
 _URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")  # RFC 3986 scheme, lower-case
 TRAIN_SOURCES = ("wdc", "grocery")  # training.train: WDC text clusters, GroceryStore photos
 
@@ -60,7 +61,18 @@ class SparkConfig:
     task_gpus: float = 0.0  # spark.task.resource.gpu.amount, e.g. 1 = one GPU per embed task
     gpu_discovery_script: str = ""  # spark.executor.resource.gpu.discoveryScript
     arrow_batch_rows: int = 256  # rows per Arrow batch fed to the encoder / pair search
+    # JVM heaps (spark.driver.memory / spark.executor.memory). In local mode every task runs in
+    # the driver, and Spark's 1g default ran out reading one supplier's 4,688 embeddings. Under
+    # spark-submit they must be its --driver-memory / --executor-memory: the DAGs and
+    # jobs.backfill pass them; a stage warns when its heap is smaller than asked.
+    driver_memory: str = "4g"
+    executor_memory: str = "4g"
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting, verbatim
+
+    def __post_init__(self) -> None:
+        for name in ("driver_memory", "executor_memory"):
+            if not _MEMORY.match(str(getattr(self, name))):
+                raise ConfigError(f"spark.{name}={getattr(self, name)!r}: use a JVM size such as 4g or 512m")
 
 
 @dataclass(frozen=True)

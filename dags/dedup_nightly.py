@@ -34,7 +34,8 @@ tasks one after another. With an external metastore (`warehouse.metastore_uris`)
 given more slots.
 
 Config: the TOML file in `$SSPR_CONFIG` (default `conf/sspr.toml` beside `dags/`); Spark master from
-the Airflow connection `spark_default`. Params: `min_similarity` overrides the config's threshold
+the Airflow connection `spark_default`; the JVM heaps (`--driver-memory`, `--executor-memory`) from
+its `[spark]` keys `driver_memory` / `executor_memory`. Params: `min_similarity` overrides the config's threshold
 for a manual run.
 """
 
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tomllib
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -52,6 +54,22 @@ CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
 STAGES = ("validate", "embed", "catalog", "pairs", "groups", "report")  # jobs.stage.PIPELINE_STAGES
 # One slot: the embedded Derby metastore admits one Spark application at a time (docs/STACK.md §9).
 WAREHOUSE_POOL = "sspr_warehouse"
+
+
+def spark_memory(key: str, default: str = "4g") -> str:
+    """Returns ``[spark] <key>`` of the config file (an ``SSPR__SPARK__<KEY>`` env var wins), for
+    spark-submit's --driver-memory / --executor-memory: the JVM starts before the job reads its
+    config. Stdlib only, so parsing the DAG stays light; a test keeps it equal to load_config."""
+    override = os.environ.get(f"SSPR__SPARK__{key.upper()}")
+    if override:
+        return override
+    try:
+        with open(CONFIG, "rb") as handle:
+            return str(tomllib.load(handle).get("spark", {}).get(key, default))
+    except (OSError, tomllib.TOMLDecodeError):
+        return default  # the job itself reports a missing or broken config clearly
+
+
 # Wait between a failed attempt and its retry (SSPR_RETRY_DELAY_S seconds; default 5 minutes).
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300")))
 
@@ -86,6 +104,8 @@ def dedup_nightly():
             application=str(REPO / "jobs" / f"{stage}.py"),
             conn_id="spark_default",
             name=f"sspr-{stage}-{{{{ ds }}}}",
+            driver_memory=spark_memory("driver_memory"),
+            executor_memory=spark_memory("executor_memory"),
             pool=WAREHOUSE_POOL,
             pool_slots=1,
             application_args=[

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from config.command import add_shortcut, command_parser, run_command
 from config.errors import DedupError
+from config.sections import SparkConfig
 from jobs.stage import PIPELINE_STAGES, iso_date
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,20 @@ def run_dates(start: str, end: str) -> list[str]:
     return [(first + dt.timedelta(days=k)).isoformat() for k in range(days)]
 
 
-def stage_command(args, stage: str, run_date: str) -> list[str]:
-    """Returns the spark-submit command line of one stage for one date, as the nightly DAG runs it."""
+def stage_command(args, stage: str, run_date: str, spark: SparkConfig | None = None) -> list[str]:
+    """Returns the spark-submit command line of one stage for one date, as the nightly DAG runs it.
+
+    ``spark`` gives the JVM heaps (``spark.driver_memory`` / ``executor_memory``; defaults when None).
+    """
+    spark = spark or SparkConfig()
     command = [
         args.spark_submit,
         "--master",
         args.master,
+        "--driver-memory",
+        spark.driver_memory,
+        "--executor-memory",
+        spark.executor_memory,
         "--name",
         f"sspr-{stage}-{run_date}",
         str(REPO / "jobs" / f"{stage}.py"),
@@ -74,7 +83,7 @@ def stage_command(args, stage: str, run_date: str) -> list[str]:
     return command
 
 
-def backfill(args) -> int:
+def backfill(args, spark: SparkConfig | None = None) -> int:
     """Runs every stage of every date in order; returns 0, or the failed stage's exit code."""
     dates = run_dates(args.start_date, args.end_date)
     if shutil.which(args.spark_submit) is None and not Path(args.spark_submit).is_file():
@@ -85,7 +94,7 @@ def backfill(args) -> int:
         for stage in PIPELINE_STAGES:
             t0 = time.monotonic()
             log.info("backfill %d/%d %s %s: running", k, len(dates), run_date, stage)
-            proc = subprocess.run(stage_command(args, stage, run_date), check=False)
+            proc = subprocess.run(stage_command(args, stage, run_date, spark), check=False)
             if proc.returncode != 0:
                 log.error(
                     "backfill stopped: %s %s exited %d (its log is above); fix it and rerun the same "
@@ -120,7 +129,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     """Runs the backfill from the command line; returns the exit code."""
     parser = build_parser()
-    return run_command("backfill", lambda args, config: backfill(args), argv, parser, log)
+    return run_command("backfill", lambda args, config: backfill(args, config.spark), argv, parser, log)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,10 @@ def spark_conf(config: PipelineConfig) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.spark.arrow_batch_rows),
+        # effective when this process starts the JVM (a stage run by hand); under spark-submit
+        # its --driver-memory decides (see check_driver_memory)
+        "spark.driver.memory": config.spark.driver_memory,
+        "spark.executor.memory": config.spark.executor_memory,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
@@ -140,4 +144,30 @@ def build_spark(config: PipelineConfig, app_name: str):
         # working directory. The metastore client starts lazily, so this is still in time.
         spark.sparkContext._jvm.java.lang.System.setProperty("derby.system.home", config.paths.metastore_dir)
     log.info("spark session %s ready (master %s)", app_name, spark.sparkContext.master)
+    check_driver_memory(spark, config)
     return spark
+
+
+def jvm_bytes(size: str) -> int:
+    """Returns the bytes of a JVM size such as ``4g`` or ``512m``."""
+    return int(size[:-1]) * 1024 ** "kmgt".index(size[-1].lower()) * 1024
+
+
+def check_driver_memory(spark, config: PipelineConfig) -> None:
+    """Warns when the driver JVM's heap is smaller than ``spark.driver_memory`` asks.
+
+    A JVM started by spark-submit without ``--driver-memory`` keeps Spark's 1g default, which
+    is what ran out on one big supplier; the warning says how to pass the configured size.
+    """
+    wanted = jvm_bytes(config.spark.driver_memory)
+    heap = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+    # the JVM reports a little less than -Xmx (one survivor space), so allow 15%
+    if heap < 0.85 * wanted:
+        log.warning(
+            "the driver JVM has a %.1f GiB heap but spark.driver_memory is %s: pass "
+            "--driver-memory %s to spark-submit (the DAGs and jobs.backfill do), or large "
+            "suppliers may run out of memory",
+            heap / 2**30,
+            config.spark.driver_memory,
+            config.spark.driver_memory,
+        )

@@ -374,3 +374,30 @@ def test_image_uri_list_in_toml_is_an_array_or_a_comma_string(tmp_path):
     path = _write(tmp_path, "[validation]\nimage_uri_hosts = 3\n")
     with pytest.raises(ConfigError, match="expected a list of strings"):
         load_config(path, environ={})
+
+
+# --- JVM heaps ------------------------------------------------------------------------------------
+
+
+def test_jvm_heaps_reach_spark_and_the_backfill_command():
+    import argparse
+
+    from jobs.backfill import stage_command
+    from jobs.spark import jvm_bytes, spark_conf
+
+    cfg = load_config(None, {"spark.driver_memory": "6g", "spark.executor_memory": "512m"}, environ={})
+    conf = spark_conf(cfg)
+    assert conf["spark.driver.memory"] == "6g" and conf["spark.executor.memory"] == "512m"
+    assert jvm_bytes("6g") == 6 * 2**30 and jvm_bytes("512m") == 512 * 2**20
+    args = argparse.Namespace(
+        spark_submit="spark-submit", master="local[2]", end_date="2024-03-02", config=None, overrides=[], reembed=False
+    )
+    command = stage_command(args, "pairs", "2024-03-01", cfg.spark)
+    assert command[command.index("--driver-memory") + 1] == "6g"
+    assert command[command.index("--executor-memory") + 1] == "512m"
+
+
+@pytest.mark.parametrize("value", ["4", "4gb", "0g", "-1g", "four"])
+def test_a_bad_jvm_heap_is_refused(value):
+    with pytest.raises(ConfigError, match="spark.driver_memory"):
+        load_config(None, {"spark.driver_memory": value}, environ={})

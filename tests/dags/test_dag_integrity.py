@@ -253,3 +253,32 @@ def test_backfill_dag_imports_nothing_from_the_project():
         for alias in node.names
     }
     assert "airflow" in imported and imported.isdisjoint(PROJECT_PACKAGES)
+
+
+def test_every_spark_task_gets_the_configured_jvm_heaps(dag):
+    """spark-submit starts the JVM before the job reads its config, so the DAG passes the
+    config's heaps itself; they must be the ones load_config reads from the same file."""
+    from config import load_config
+
+    spark = load_config(os.environ.get("SSPR_CONFIG", REPO / "conf" / "sspr.toml"), environ={}).spark
+    for task in dag.tasks:
+        assert task._driver_memory == spark.driver_memory, task.task_id
+        assert task._executor_memory == spark.executor_memory, task.task_id
+
+
+def test_the_dag_reads_the_heaps_like_the_loader(airflow_home, tmp_path, monkeypatch):
+    """The DAG's stdlib reader and load_config agree on a file and on an env override."""
+    import importlib.util
+
+    from config import load_config
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('[spark]\ndriver_memory = "6g"\n')
+    monkeypatch.setenv("SSPR_CONFIG", str(conf))
+    spec = importlib.util.spec_from_file_location("nightly_for_test", REPO / "dags" / "dedup_nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.spark_memory("driver_memory") == load_config(conf, environ={}).spark.driver_memory == "6g"
+    assert module.spark_memory("executor_memory") == load_config(conf, environ={}).spark.executor_memory
+    monkeypatch.setenv("SSPR__SPARK__DRIVER_MEMORY", "8g")
+    assert module.spark_memory("driver_memory") == load_config(conf).spark.driver_memory == "8g"
