@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import json
 import logging
 import math
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.stage import StageContext, StageResult, run_stage
+from schemas.images import THUMBNAIL_PX, thumbnail_jpeg
 from schemas.tables import REVIEW_EXTRACT, TABLES
 
 log = logging.getLogger(__name__)
 STAGE = "report"
 MAX_GROUPS_ON_PAGE = 500
-THUMBNAIL_PX = 96
 HISTOGRAM_BINS = 50
 
 
@@ -223,18 +222,8 @@ def similarity_histograms(ctx: StageContext, bins: int = HISTOGRAM_BINS) -> list
 
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> str | None:
     """Returns a ``data:`` URI of a small JPEG thumbnail, or None if the bytes do not decode."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (size, size))
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            out = io.BytesIO()
-            img.save(out, format="JPEG", quality=80)
-    except Exception:  # noqa: BLE001 - a broken image just has no thumbnail
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    thumb = thumbnail_jpeg(data, size)
+    return None if thumb is None else "data:image/jpeg;base64," + base64.b64encode(thumb).decode("ascii")
 
 
 def _fmt(value: Any) -> str:

@@ -88,7 +88,7 @@ def format_summary(reports: list[dict[str, Any]], config, top: int = 5) -> str:
             f"({', '.join(sorted({t.split('.')[-1] for r in reports[:1] for t in r['warehouse']['tables']}))})"
         ),
         f"  data under {p.warehouse_dir}, Derby metastore under {p.metastore_dir}",
-        f"review pages: {p.reports_dir}/run_date=<date>/review.html",
+        f"review pages: {p.reports_dir}/run_date=<date>/review.html; the review app: make review (http://127.0.0.1:8765)",
         "",
     ]
     return "\n".join(lines)

@@ -31,9 +31,9 @@ from starlette.staticfiles import StaticFiles
 
 from config.sections import PipelineConfig
 from review.calibration import decided_pairs, record_suggestion, summarise_feedback
-from review.images import thumbnail_jpeg
 from review.runs import GroupFilter, RunNotFound, filter_groups, group_detail, list_runs, load_run
 from review.store import DecisionStore
+from schemas.images import thumbnail_jpeg
 from schemas.uris import check_image_uri, local_image_path, renderable_image_src
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,14 @@ def create_app(config: PipelineConfig) -> Starlette:
             cached.clear()
             cached[key] = summarise_feedback(decided_pairs(reports_dir, store), target, current)
         return cached[key]
+
+    def group_of(request: Request) -> tuple[Any, str, tuple]:
+        run = load_run(reports_dir, request.path_params["run_date"])
+        group_id = request.path_params["group_id"]
+        try:
+            return run, group_id, group_detail(run, group_id)
+        except KeyError:
+            raise Refusal(404, f"night {run.run_date} has no group {group_id!r}") from None
 
     def reviewer_of(request: Request) -> str:
         if settings.identity_header:
@@ -228,12 +236,7 @@ def create_app(config: PipelineConfig) -> Starlette:
 
     @guarded
     async def group_view(request: Request) -> Response:
-        run = load_run(reports_dir, request.path_params["run_date"])
-        group_id = request.path_params["group_id"]
-        try:
-            group, members, pairs = group_detail(run, group_id)
-        except KeyError:
-            raise Refusal(404, f"night {run.run_date} has no group {group_id!r}") from None
+        run, group_id, (group, members, pairs) = group_of(request)
         decisions = store.for_groups([group_id])[group_id]
         member_rows = [m | {"src": image_source(run.run_date, m)} for m in members.to_dict("records")]
         pair_rows = pairs.to_dict("records")
@@ -257,12 +260,7 @@ def create_app(config: PipelineConfig) -> Starlette:
     @guarded
     async def decide(request: Request) -> Response:
         form, reviewer = await checked_form(request)
-        run = load_run(reports_dir, request.path_params["run_date"])
-        group_id = request.path_params["group_id"]
-        try:
-            group, members, _ = group_detail(run, group_id)
-        except KeyError:
-            raise Refusal(404, f"night {run.run_date} has no group {group_id!r}") from None
+        run, group_id, (group, members, _) = group_of(request)
         try:
             decision = store.record(
                 supplier_id=group["supplier_id"],

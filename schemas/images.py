@@ -1,4 +1,7 @@
-"""Thumbnails of listing images, for the review page and the review app."""
+"""How listing image bytes are shown: as re-encoded JPEG thumbnails (the review page and the review app).
+
+Like ``schemas.uris`` (which ``image_uri`` values may be read or shown), a rule for untrusted input.
+"""
 
 from __future__ import annotations
 
