@@ -10,6 +10,7 @@ its ``run_metrics`` row and its resolved config (``{paths.runs_dir}/run_date=D/<
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -224,16 +225,25 @@ def run_stage(
         from jobs.spark import build_spark, hold_metastore_lock
 
         started = time.monotonic()
+        marks = [("start", started)]
         log.info("stage %s starting for run_date %s", stage, args.run_date)
         hold_metastore_lock(config)  # a second job on the embedded metastore waits here
+        marks.append(("lock_wait", time.monotonic()))
         spark = build_spark(config, f"sspr-{stage}-{args.run_date}")
+        marks.append(("spark_start", time.monotonic()))
         ctx = StageContext(stage=stage, run_date=args.run_date, config=config, spark=spark, args=args)
         if stage in CHAINED_STAGES:
-            check_later_dates(ctx)
+            check_later_dates(ctx)  # the first metastore query: its client starts here
         config_path = write_resolved_config(config, stage, args.run_date)
+        marks.append(("metastore_checks", time.monotonic()))
         result = run(ctx)
         fail_once_drill(stage, args.run_date)
+        marks.append(("work", time.monotonic()))
         seconds = time.monotonic() - started
+        # where a stage's time goes (bench/stage_overhead.py tabulates it from run_metrics)
+        timings = {name: round(t - marks[k][1], 3) for k, (name, t) in enumerate(marks[1:])}
+        result = dataclasses.replace(result, details=result.details | {"timings": timings})
+        log.info("stage %s timings: %s", stage, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
         record_metrics(ctx, result, seconds)
         log.info(
             "stage %s done for run_date %s in %.1fs: rows_in=%d rows_out=%d quarantined=%d skipped=%d "
