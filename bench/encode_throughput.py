@@ -60,6 +60,61 @@ def measure(encode, repeats: int) -> float:
     return statistics.median(times)
 
 
+def peak_memory_mb(name: str, limit: int | None, threads: int) -> float:
+    """Peak resident memory (MiB) of a fresh process that builds one encoder and encodes both cases.
+
+    A child process per encoder, so each peak is its own (the parent holds every model at once).
+    """
+    import subprocess
+
+    command = [sys.executable, __file__, "--child", name, "--threads", str(threads), "--readme", ""]
+    if limit:
+        command += ["--limit", str(limit)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def child(name: str, limit: int | None, threads: int) -> int:
+    """Builds encoder ``name``, encodes both cases once, prints ``{"peak_rss_mb": ...}``."""
+    import resource
+
+    import torch
+
+    from config import load_config
+    from encoder.factory import build_encoder
+
+    torch.set_num_threads(threads)
+    titles, images = read_samples(limit)
+    base = dataclasses.replace(load_config(ROOT / "conf" / "sspr.toml", environ={}).encoder, device="cpu")
+    if name == ST_NAME:
+        from sentence_transformers import SentenceTransformer
+
+        from encoder.text import minilm_model_dir
+
+        model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
+        model.encode([t for t in titles if t], batch_size=base.batch_size, show_progress_bar=False)
+    else:
+        encoder = build_encoder(encoder_configs(base)[name])
+        encoder.encode([t for t in titles if t], [None] * sum(1 for t in titles if t))
+        with_image = [k for k, image in enumerate(images) if image is not None]
+        if with_image:
+            encoder.encode([titles[k] for k in with_image], [images[k] for k in with_image])
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return 0
+
+
+ST_NAME = "sentence-transformers encode (MiniLM)"
+
+
+def encoder_configs(base) -> dict:
+    """The encoders measured, by name: zero-shot (the baseline), sspr alone, the shipped hybrid."""
+    return {
+        "zero-shot": dataclasses.replace(base, kind="zero-shot", weights="", lexical_weight=0.0),
+        "sspr": dataclasses.replace(base, lexical_weight=0.0),
+        "hybrid": base,
+    }
+
+
 def run(limit: int | None, repeats: int, threads: int) -> dict:
     """Measures every (encoder, case); returns the JSON-ready results."""
     import torch
@@ -70,11 +125,7 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     base = dataclasses.replace(load_config(ROOT / "conf" / "sspr.toml", environ={}).encoder, device="cpu")
-    configs = {
-        "zero-shot": dataclasses.replace(base, kind="zero-shot", weights="", lexical_weight=0.0),
-        "sspr": dataclasses.replace(base, lexical_weight=0.0),
-        "hybrid": base,
-    }
+    configs = encoder_configs(base)
     titles, images = read_samples(limit)
     with_image = [k for k, image in enumerate(images) if image is not None]
     cases = {
@@ -110,7 +161,7 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
     seconds = measure(lambda: model.encode(text, batch_size=base.batch_size, show_progress_bar=False), repeats)
     results.append(
         {
-            "encoder": "sentence-transformers encode (MiniLM)",
+            "encoder": ST_NAME,
             "case": "text-only",
             "records": len(text),
             "seconds": round(seconds, 4),
@@ -129,8 +180,13 @@ def run(limit: int | None, repeats: int, threads: int) -> dict:
         }
     )
     baseline = {r["case"]: r["seconds"] for r in results if r["encoder"] == "zero-shot"}
+    st_seconds = next(r["seconds"] for r in results if r["encoder"] == ST_NAME)
+    peaks = {name: round(peak_memory_mb(name, limit, threads), 1) for name in [*configs, ST_NAME]}
     for r in results:
         r["speed_vs_zero_shot"] = round(baseline[r["case"]] / r["seconds"], 3)
+        if r["case"] == "text-only":
+            r["speed_vs_sentence_transformers"] = round(st_seconds / r["seconds"], 3)
+        r["peak_rss_mb"] = peaks.get(r["encoder"])
     return {
         "results": results,
         "repeats": repeats,
@@ -150,14 +206,22 @@ def render(report: dict) -> str:
             "in the same run (higher is faster)."
         ),
         "",
-        "| encoder | case | records | records/s | speed vs zero-shot |",
-        "|---|---|---:|---:|---:|",
+        "| encoder | case | records | records/s | speed vs zero-shot | vs sentence-transformers | peak memory (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
+        st = r.get("speed_vs_sentence_transformers")
+        peak = r.get("peak_rss_mb")
         lines.append(
             f"| {r['encoder']} | {r['case']} | {r['records']} | {r['records_per_s']:.1f} | "
-            f"{r['speed_vs_zero_shot']:.2f}x |"
+            f"{r['speed_vs_zero_shot']:.2f}x | {'' if st is None else f'{st:.2f}x'} | "
+            f"{'' if peak is None else f'{peak:.0f}'} |"
         )
+    lines.append("")
+    lines.append(
+        "Peak memory: the peak resident set of a fresh process that builds that encoder alone and "
+        "encodes both cases once (the lexical part runs inside the hybrid)."
+    )
     return "\n".join(lines)
 
 
@@ -176,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (Spark runs one per core)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sample listings")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one encoder's peak memory
     args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child, args.limit, args.threads)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
     report = run(args.limit, args.repeats, args.threads)

@@ -16,7 +16,9 @@ def test_small_run_writes_results_and_table(tmp_path, load_bench):
     assert bench.main(["--limit", "6", "--repeats", "1", "--out", str(out), "--readme", str(readme)]) == 0
     report = json.loads(out.read_text())
     text_rows = {r["encoder"]: r for r in report["results"] if r["case"] == "text-only"}
-    assert set(text_rows) == {"zero-shot", "sspr", "hybrid", "lexical part alone"}
+    assert set(text_rows) == {"zero-shot", "sspr", "hybrid", "lexical part alone", bench.ST_NAME}
+    assert text_rows[bench.ST_NAME]["speed_vs_sentence_transformers"] == 1.0
+    assert all(text_rows[name]["peak_rss_mb"] > 100 for name in ("zero-shot", "sspr", "hybrid", bench.ST_NAME))
     titles, _ = bench.read_samples(6)
     assert all(r["records"] == sum(1 for t in titles if t) for r in text_rows.values())
     assert text_rows["zero-shot"]["speed_vs_zero_shot"] == 1.0
