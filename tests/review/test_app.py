@@ -137,6 +137,7 @@ def test_calibration_page_estimates_precision_and_records_a_suggestion(client, r
     # the lowest similarity_m with precision 1.0 is 0.62 (above the current 0.3113)
     assert re.search(r'class="suggested">0\.6200<', page)
     assert "min_similarity_source" in page
+    assert "Only 4 decided pairs" in page  # too few to trust, and the page says so
     response = client.post(
         "/calibration/suggestions",
         data={"target": "1.0", "config_key": "dedup.min_similarity", "csrf_token": token_of(page)},
