@@ -71,6 +71,17 @@ def browser():
     driver.quit()
 
 
+def click_and_wait(driver, element) -> None:
+    """Clicks something that loads a new page and waits until the old page is gone."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+
 def assert_no_dialog(driver) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -80,36 +91,37 @@ def assert_no_dialog(driver) -> None:
 
 def test_a_reviewer_goes_from_a_night_to_a_stored_decision(server, browser, review_config):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(server + "/")
     assert browser.find_element(By.ID, "group-count").text.startswith("3 groups")
     assert browser.find_elements(By.CSS_SELECTOR, "figure.histogram svg line.threshold")
 
     Select(browser.find_element(By.ID, "f-supplier")).select_by_value("s-dairy")
-    browser.find_element(By.ID, "f-apply").click()
+    click_and_wait(browser, browser.find_element(By.ID, "f-apply"))
     assert browser.find_element(By.ID, "group-count").text.startswith("2 groups")
     assert "supplier=s-dairy" in browser.current_url
 
-    browser.find_element(By.LINK_TEXT, "g-milk").click()
+    click_and_wait(browser, browser.find_element(By.LINK_TEXT, "g-milk"))
     assert browser.find_element(By.ID, "group-id").text == "g-milk"
     thumbs = browser.find_elements(By.CSS_SELECTOR, "img.thumb")
     assert len(thumbs) == 3
-    assert all(
-        browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", t) > 0 for t in thumbs
+    loaded = lambda driver: all(
+        driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", t) for t in thumbs
     )
+    WebDriverWait(browser, 20).until(loaded, "the thumbnails did not load")  # decoded: naturalWidth > 0
     pairs = browser.find_element(By.ID, "pairs").text
     assert "0.950" in pairs and "0.970" in pairs and "0.620" in pairs
     assert browser.find_element(By.CSS_SELECTOR, "#pairs tr.weakest").text.startswith("m2 ↔ m3")
     assert browser.find_element(By.ID, "group-decision").text == "undecided"
 
-    browser.find_element(By.PARTIAL_LINK_TEXT, "Sign in").click()
+    click_and_wait(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "Sign in"))
     browser.find_element(By.ID, "reviewer-name").send_keys("ana@example.com")
-    browser.find_element(By.ID, "signin-submit").click()
+    click_and_wait(browser, browser.find_element(By.ID, "signin-submit"))
     assert browser.find_element(By.ID, "group-id").text == "g-milk"  # back where the reviewer was
-    browser.find_element(By.ID, "confirm-group").click()
+    click_and_wait(browser, browser.find_element(By.ID, "confirm-group"))
     assert browser.find_element(By.ID, "group-decision").text.startswith("confirmed by ana@example.com")
-    browser.find_elements(By.CSS_SELECTOR, "button.reject-member")[2].click()  # m3 is not a duplicate
+    click_and_wait(browser, browser.find_elements(By.CSS_SELECTOR, "button.reject-member")[2])  # m3: not a duplicate
 
     browser.refresh()
     assert browser.find_element(By.ID, "group-decision").text.startswith("confirmed by ana@example.com")
