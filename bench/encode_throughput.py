@@ -99,7 +99,15 @@ def child(name: str, limit: int | None, threads: int) -> int:
         with_image = [k for k, image in enumerate(images) if image is not None]
         if with_image:
             encoder.encode([titles[k] for k in with_image], [images[k] for k in with_image])
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM is this process image's own peak; ru_maxrss would carry over the parent's peak
+    # through fork + exec on Linux
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+        peak_mb = int(line.split()[1]) / 1024
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak_mb}))
     return 0
 
 
