@@ -42,35 +42,28 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Reads the run date's tables into a report dict (and member image bytes for thumbnails).
+def collect_report(ctx: StageContext, extract: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Builds the report dict (and member image bytes for thumbnails) of the run date.
+
+    Args:
+        ctx: the stage context (run metrics and lineage are read from the warehouse).
+        extract: ``collect_review_extract``'s tables; the report's groups (the biggest
+            ``MAX_GROUPS_ON_PAGE``), members and pairs come from them, so they are read once.
 
     Returns:
         ``(report, images)``: the JSON-able report and ``listing_id -> image bytes``.
     """
     from pyspark.sql import functions as F
 
-    from jobs.warehouse import ensure_tables
-
     db, day = ctx.database, ctx.run_date
-    ensure_tables(ctx.spark, db)
     table = lambda name: ctx.spark.table(f"{db}.{name}")
     metrics = {
         r["stage"]: {k: _clean(r[k]) for k in ("rows_in", "rows_out", "rows_quarantined", "rows_skipped", "seconds")}
         | {"details": json.loads(r["details"] or "{}")}
         for r in table("run_metrics").filter(F.col("run_date") == day).collect()
     }
-    groups = (
-        table("groups")
-        .filter(F.col("run_date") == day)
-        .orderBy(F.col("size").desc(), F.col("group_id"))
-        .limit(MAX_GROUPS_ON_PAGE)
-    )
-    group_rows = [r.asDict() for r in groups.collect()]
-    shown = [g["group_id"] for g in group_rows]
-    members = table("group_members").filter((F.col("run_date") == day) & F.col("group_id").isin(shown))
-    member_rows = members.join(member_attributes(ctx, members), on="listing_id", how="left").collect()
-    pairs = group_pairs(ctx, members).collect()
+    all_groups = extract["groups"].to_pylist()
+    group_rows = sorted(all_groups, key=lambda g: (-g["size"], g["group_id"]))[:MAX_GROUPS_ON_PAGE]
     lineage = [
         r.asDict()
         for r in table("group_lineage")
@@ -81,11 +74,13 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
     ]
 
     images: dict[str, bytes] = {}
+    # the groups' fields as in the groups table (the extract's category is the app's)
     by_group: dict[str, dict[str, Any]] = {
-        g["group_id"]: {k: _clean(v) for k, v in g.items() if k != "run_date"} | {"members": [], "pairs": []}
+        g["group_id"]: {k: _clean(v) for k, v in g.items() if k != "category"} | {"members": [], "pairs": []}
         for g in group_rows
     }
-    for m in sorted(member_rows, key=lambda r: r["listing_id"]):
+    members = [m for m in extract["members"].to_pylist() if m["group_id"] in by_group]
+    for m in sorted(members, key=lambda r: r["listing_id"]):
         if m["image"] is not None:
             images[m["listing_id"]] = bytes(m["image"])
         by_group[m["group_id"]]["members"].append(
@@ -99,6 +94,7 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
                 "has_image": m["image"] is not None,
             }
         )
+    pairs = [p for p in extract["pairs"].to_pylist() if p["group_id"] in by_group]
     for p in sorted(pairs, key=lambda r: (r["listing_id_l"], r["listing_id_r"])):
         by_group[p["group_id"]]["pairs"].append(
             {
@@ -117,7 +113,7 @@ def collect_report(ctx: StageContext) -> tuple[dict[str, Any], dict[str, bytes]]
             "tables": [f"{db}.{name}" for name in TABLES],
         },
         "metrics": metrics,
-        "groups_total": table("groups").filter(F.col("run_date") == day).count(),
+        "groups_total": len(all_groups),
         "groups": list(by_group.values()),
         "lineage": lineage,
     }
@@ -164,6 +160,9 @@ def collect_review_extract(ctx: StageContext) -> dict[str, Any]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from jobs.warehouse import ensure_tables
+
+    ensure_tables(ctx.spark, ctx.database)  # a report of an empty warehouse still has its tables
     day = ctx.run_date
     table = lambda name: ctx.spark.table(f"{ctx.database}.{name}").filter(F.col("run_date") == day).drop("run_date")
     members = table("group_members")
@@ -360,9 +359,9 @@ def publish_report(
 
 def run(ctx: StageContext) -> StageResult:
     """Builds and publishes the run date's report and review page."""
-    report, images = collect_report(ctx)
-    report["histograms"] = similarity_histograms(ctx)
     extract = collect_review_extract(ctx)
+    report, images = collect_report(ctx, extract)
+    report["histograms"] = similarity_histograms(ctx)
     folder = publish_report(
         ctx.config.paths.reports_dir,
         ctx.run_date,

@@ -358,6 +358,7 @@ REVIEW_GROUPS = pa.schema(
         pa.field("size", pa.int64()),
         pa.field("weakest_similarity", pa.float32()),
         pa.field("strongest_similarity", pa.float32()),
+        pa.field("representative", pa.string()),
         pa.field("has_bridge", pa.bool_()),
         pa.field("created_on", pa.string()),
         pa.field("category", pa.string()),

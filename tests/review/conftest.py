@@ -101,6 +101,7 @@ def write_night(reports_dir, run_date: str = RUN_DATE, *, extra_member: bool = F
             "size": [len(milk), 2, 2],
             "weakest_similarity": [0.62, 0.45, 0.88],
             "strongest_similarity": [0.95, 0.45, 0.88],
+            "representative": ["m1", "e1", "j1"],
             "has_bridge": [True, True, True],
             "created_on": ["2024-03-01"] * 3,
             "category": ["Milk", "Milk", "Juice"],
