@@ -72,14 +72,26 @@ def browser():
 
 
 def click_and_wait(driver, element) -> None:
-    """Clicks something that loads a new page and waits until the old page is gone."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Clicks something that loads a new page and waits until the new document has loaded.
+
+    A navigation gives the document a new ``performance.timeOrigin``; polling it is robust where
+    ``staleness_of`` is not (chromium sometimes answers the old node with an inspector error).
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "html")
+    origin_script = "return [performance.timeOrigin, document.readyState]"
+    old_origin = driver.execute_script(origin_script)[0]
     element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+    def loaded(d) -> bool:
+        try:
+            origin, state = d.execute_script(origin_script)
+        except WebDriverException:  # mid-navigation: the old context is gone, the new one not ready
+            return False
+        return origin != old_origin and state == "complete"
+
+    WebDriverWait(driver, 20).until(loaded, "the page did not navigate")
 
 
 def assert_no_dialog(driver) -> None:
