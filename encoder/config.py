@@ -171,6 +171,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def stored_dim(config: EncoderConfig) -> int:
+    """Returns the width of the vectors the pipeline stores for ``config``: the neural width.
+
+    A hybrid's lexical part is not stored (``schemas.vectors``); the pairs stage computes it
+    from the title.
+
+    Raises:
+        ValueError: for a kind without a known width.
+    """
+    if config.kind not in KIND_DIMS:
+        raise ValueError(f"no vector width known for encoder kind {config.kind!r}; add it to encoder.config.KIND_DIMS")
+    return KIND_DIMS[config.kind]
+
+
 def vector_dim(config: EncoderConfig) -> int:
     """Returns the width of the vectors an encoder built from ``config`` writes.
 

@@ -18,6 +18,7 @@ count and the IDF file's bytes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -91,17 +92,8 @@ class HybridEncoder:
             The hybrid vectors (float32 [n, dim]), with ``base``'s flags and image errors.
         """
         lexical = self.lexical.transform(titles, base.has_text)
-        weight = float(self.config.lexical_weight)
-        no_text = np.zeros_like(lexical)  # i carries no text
-        return EncodedListings(
-            m=combine(base.m, lexical, weight),
-            t=combine(base.t, lexical, weight),
-            i=combine(base.i, no_text, weight),
-            has_text=base.has_text,
-            has_image=base.has_image,
-            image_error=base.image_error,
-            model_version=self.model_version,
-        )
+        joined = join_lexical(base, lexical, float(self.config.lexical_weight))
+        return replace(joined, model_version=self.model_version)
 
     def encode(self, titles: Sequence[str | None], images: Sequence[bytes | None]) -> EncodedListings:
         """Encodes listings like the neural encoder, then appends the lexical part.
@@ -117,3 +109,30 @@ class HybridEncoder:
             ValueError: as the neural encoder's ``encode``.
         """
         return self.join(self.base.encode(titles, images), titles)
+
+
+def join_lexical(base: EncodedListings, lexical: np.ndarray, weight: float) -> EncodedListings:
+    """The hybrid of neural vectors and lexical title vectors (the module docstring's formula).
+
+    The pairs stage uses it on stored neural vectors (``schemas.vectors``) with lexical vectors
+    computed from the catalogue's titles; ``HybridEncoder.join`` on an encoder's output.
+
+    Args:
+        base: neural vectors and flags (``model_version`` is kept).
+        lexical: float32 [n, buckets] ``LexicalVectorizer.transform`` of the titles with
+            ``base.has_text``.
+        weight: the lexical weight ``w`` in [0, 1).
+
+    Returns:
+        float32 [n, d + buckets] m / t / i; ``i`` gets zeros (it carries no text).
+    """
+    no_text = np.zeros_like(lexical)
+    return EncodedListings(
+        m=combine(base.m, lexical, weight),
+        t=combine(base.t, lexical, weight),
+        i=combine(base.i, no_text, weight),
+        has_text=base.has_text,
+        has_image=base.has_image,
+        image_error=base.image_error,
+        model_version=base.model_version,
+    )

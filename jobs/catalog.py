@@ -23,6 +23,7 @@ import sys
 from config.errors import DedupError
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import TABLES
+from schemas.vectors import VECTOR_BUDGET_BYTES, VECTOR_COLUMNS
 
 log = logging.getLogger(__name__)
 STAGE = "catalog"
@@ -202,12 +203,16 @@ def run(ctx: StageContext) -> StageResult:
         .sortWithinPartitions("supplier_id", "listing_id")
         .persist()
     )
+    # the vector bytes a listing takes (schemas.vectors: the budget is per catalogue listing)
+    vector_bytes = sum(F.coalesce(F.octet_length(c), F.lit(0)) for c in VECTOR_COLUMNS)
     try:
         stats = out.agg(
             F.count(F.lit(1)).alias("listings"),
             F.countDistinct("supplier_id").alias("suppliers"),
             F.sum((F.col("embedded_on") == ctx.run_date).cast("long")).alias("embedded_today"),
             F.sum((F.col("first_seen") == ctx.run_date).cast("long")).alias("arrived_today"),
+            F.max(vector_bytes).alias("vector_bytes_max"),
+            F.sum(vector_bytes.cast("long")).alias("vector_bytes"),
         ).first()
         versions = {r[0]: int(r[1]) for r in out.groupBy("model_version").count().collect()}
         written = publish(ctx.spark, {"catalog": out}, ctx.database, {"run_date": ctx.run_date})["catalog"]
@@ -220,13 +225,32 @@ def run(ctx: StageContext) -> StageResult:
             len(versions),
             versions,
         )
+    listings = int(stats["listings"] or 0)
+    per_listing = int(stats["vector_bytes_max"] or 0)
+    log.info(
+        "catalogue of %s: %d listings, vectors %.1f MB (at most %d bytes a listing, budget %d)",
+        ctx.run_date,
+        listings,
+        int(stats["vector_bytes"] or 0) / 1e6,
+        per_listing,
+        VECTOR_BUDGET_BYTES,
+    )
+    if per_listing > VECTOR_BUDGET_BYTES:
+        log.warning(
+            "catalogue listings take up to %d vector bytes, over the %d-byte budget: the configured "
+            "encoder's vectors are wider than the shipped eSSPR model's 256 (schemas.vectors)",
+            per_listing,
+            VECTOR_BUDGET_BYTES,
+        )
     return StageResult(
         rows_in=rows_in,
         rows_out=written,
         details={
             "merged_from": previous,
             "built_from_history": previous is None,
-            "listings": int(stats["listings"] or 0),
+            "listings": listings,
+            "vector_bytes": int(stats["vector_bytes"] or 0),
+            "vector_bytes_per_listing_max": per_listing,
             "suppliers": int(stats["suppliers"] or 0),
             "embedded_today": int(stats["embedded_today"] or 0),
             "arrived_today": int(stats["arrived_today"] or 0),

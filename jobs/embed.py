@@ -13,8 +13,10 @@ tombstones without vectors and counted as skipped, so
 rows_in = rows_out + rows_skipped. With ``--reembed`` (after a model change) the stage also
 re-embeds, from their latest ``listings`` row, every listing of the previous catalogue whose vectors
 are of another model version, so the whole catalogue moves to the configured encoder's version
-(they count in rows_in and in ``details.reembedded``). Before anything is written, the output suite checks that every
-vector has the encoder's width and unit norm (``jobs.warehouse.publish``).
+(they count in rows_in and in ``details.reembedded``). Vectors are stored as float16 bytes of the neural encoder's output (``schemas.vectors``: 1,536
+bytes a listing for the shipped model); a hybrid's lexical part is left out, the pairs stage adds
+it from the title. Before anything is written, the output suite checks that every
+vector has the stored width and unit norm (``jobs.warehouse.publish``).
 
     spark-submit jobs/embed.py --run-date 2024-03-01 --config conf/sspr.toml
 """
@@ -30,11 +32,12 @@ import numpy as np
 import pandas as pd
 
 from config.sections import ValidationConfig
-from encoder.config import EncoderConfig, vector_dim
+from encoder.config import EncoderConfig, stored_dim
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import EMBEDDINGS, TABLES, to_ddl
 from schemas.uris import PREFIX as NOT_ALLOWED
 from schemas.uris import check_image_uri, local_image_path
+from schemas.vectors import pack_vectors
 
 log = logging.getLogger(__name__)
 STAGE = "embed"
@@ -147,7 +150,7 @@ def embed_batches(
                 uri_errors.append(None)
         titles = [t if isinstance(t, str) else None for t in batch["title"]]
         try:
-            frame = _encoded_frame(batch, encoder.encode(titles, images), uri_errors)
+            frame = _encoded_frame(batch, encode_for_storage(encoder, titles, images), uri_errors)
         except ValueError:
             # A row with no usable title or image (e.g. a blank title and a corrupt image) fails
             # the batch; encode row by row so only that row goes without vectors.
@@ -164,6 +167,27 @@ def embed_batches(
         )
 
 
+def encode_for_storage(encoder, titles: list[str | None], images: list[bytes | None]):
+    """The vectors the stage stores: the neural encoder's, labelled with the whole encoder's version.
+
+    A hybrid's lexical part is not stored (``schemas.vectors``): ``jobs.pairs`` computes it from
+    the catalogue's title with the same settings, which ``model_version`` pins.
+
+    Returns:
+        ``EncodedListings`` of ``stored_dim`` wide vectors.
+
+    Raises:
+        ValueError: as the encoder's ``encode``.
+    """
+    from dataclasses import replace
+
+    from encoder.hybrid import HybridEncoder
+
+    if isinstance(encoder, HybridEncoder):
+        return replace(encoder.base.encode(titles, images), model_version=encoder.model_version)
+    return encoder.encode(titles, images)
+
+
 def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -174,9 +198,9 @@ def _encoded_frame(batch: pd.DataFrame, encoded, uri_errors: list[str | None]) -
             "has_text": encoded.has_text,
             "has_image": encoded.has_image,
             "image_error": [u or e for u, e in zip(uri_errors, encoded.image_error, strict=True)],
-            "emb_m": list(encoded.m),
-            "emb_t": list(encoded.t),
-            "emb_i": list(encoded.i),
+            "emb_m": pack_vectors(encoded.m),
+            "emb_t": pack_vectors(encoded.t),
+            "emb_i": pack_vectors(encoded.i),
             "model_version": encoded.model_version,
         }
     )
@@ -187,7 +211,7 @@ def _encode_one(
 ) -> pd.DataFrame:
     """Encodes one listing; a listing the encoder rejects gets null vectors and the reason."""
     try:
-        return _encoded_frame(row, encoder.encode([title], [image]), [uri_error])
+        return _encoded_frame(row, encode_for_storage(encoder, [title], [image]), [uri_error])
     except ValueError as exc:
         return pd.DataFrame(
             {
@@ -240,7 +264,7 @@ def tombstones(listings):
     from pyspark.sql import functions as F
 
     columns = TABLES["embeddings"].data_columns
-    vector = F.lit(None).cast("array<float>")
+    vector = F.lit(None).cast("binary")
     return (
         listings.filter("is_deleted")
         .select(
@@ -316,7 +340,7 @@ def run(ctx: StageContext) -> StageResult:
             {"embeddings": out},
             ctx.database,
             {"run_date": ctx.run_date},
-            embedding_dim=vector_dim(ctx.config.encoder),
+            embedding_dim=stored_dim(ctx.config.encoder),
         )["embeddings"]
     finally:
         out.unpersist()

@@ -3,9 +3,11 @@
 The queries are the listings embedded on D (new or changed); the index is the supplier's rows of
 D's ``catalog`` (``jobs/catalog.py``: every live listing's latest vectors, D's included, so
 duplicates arriving the same night are found too). Only the bucket folders of D's suppliers are
-read. Search is exact (``dedup.find_pairs``: faiss ``IndexFlatIP`` range search at
-``dedup.min_similarity`` on ``m``); each pair is written once (``listing_id_l < listing_id_r``) with
-its ``similarity_m`` and the per-modality evidence ``similarity_t`` / ``similarity_i`` (null where
+read. The stored vectors are float16 neural vectors (``schemas.vectors``); the task upcasts them
+and, for the hybrid encoder, joins each listing's lexical title vector computed from the
+catalogue's title (``searchable_vectors``), so the search is exact on what is stored. Search is
+exact (``dedup.find_pairs``: faiss ``IndexFlatIP`` range search at ``dedup.min_similarity`` on
+``m``); each pair is written once (``listing_id_l < listing_id_r``) with its ``similarity_m`` and the per-modality evidence ``similarity_t`` / ``similarity_i`` (null where
 either side lacks the modality). A supplier's new listings are split into blocks of
 ``dedup.query_block_size`` so a giant supplier becomes several tasks. A query with more hits than
 ``dedup.max_results_per_query`` keeps its best ones and is counted as saturated. Listings whose
@@ -46,15 +48,10 @@ from dedup.config import DedupConfig
 from encoder.config import EncoderConfig
 from jobs.stage import StageContext, StageResult, run_stage
 from schemas.tables import PAIR_SEARCH_ROWS, PAIRS, empty_frame, to_ddl
+from schemas.vectors import unpack_vectors
 
 log = logging.getLogger(__name__)
 STAGE = "pairs"
-
-
-def _stack(column: pd.Series) -> np.ndarray:
-    if len(column) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([np.asarray(v, dtype=np.float32) for v in column])  # [n, dim]
 
 
 _WORKER_CACHE: dict[tuple, object] = {}
@@ -94,6 +91,7 @@ def verify_candidates(
     sim_i: np.ndarray,
     dedup_config: DedupConfig,
     encoder_config: EncoderConfig,
+    lexical: np.ndarray | None = None,
 ) -> np.ndarray:
     """Match probability of each candidate pair of one supplier.
 
@@ -104,6 +102,8 @@ def verify_candidates(
         sim_m, sim_t, sim_i: float [p] the candidates' similarities (NaN where absent).
         dedup_config: names the verifier file.
         encoder_config: the lexical settings of ``char_cosine``.
+        lexical: float32 [n, buckets] the catalogue's lexical title vectors when the caller has
+            them (the hybrid search made them); computed for the rows the pairs touch otherwise.
 
     Returns:
         float32 [p] calibrated probabilities.
@@ -121,8 +121,11 @@ def verify_candidates(
         parse_listing(_value(r.title), _value(r.brand), _value(r.price), _value(r.currency))
         for r in rows.itertuples(index=False)
     ]
-    has_text = rows["has_text"].to_numpy(bool)
-    lexical = get_lexical(encoder_config).transform([_value(t) for t in rows["title"]], has_text)
+    if lexical is None:
+        has_text = rows["has_text"].to_numpy(bool)
+        lexical = get_lexical(encoder_config).transform([_value(t) for t in rows["title"]], has_text)
+    else:
+        lexical = lexical[involved]
     top = neighbour_similarities(
         index_m[involved], index_m, involved, verifier.neighbour_min_similarity, verifier.neighbour_budget
     )
@@ -135,29 +138,60 @@ def _value(value):
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
+def searchable_vectors(stored: pd.Series, lexical: np.ndarray | None, encoder_config: EncoderConfig) -> np.ndarray:
+    """The float32 vectors the search compares, from stored ones (``schemas.vectors``).
+
+    Args:
+        stored: float16 bytes of one view (``emb_m`` or ``emb_t``), one per row.
+        lexical: float32 [n, buckets] the rows' lexical title vectors (a hybrid encoder), or None.
+        encoder_config: the lexical weight.
+
+    Returns:
+        float32 [n, dim]: the upcast, renormalised neural vectors, joined with the lexical part
+        exactly as the hybrid encoder joins them (``encoder.lexical.combine``) when it has one.
+    """
+    from encoder.lexical import combine
+
+    neural = unpack_vectors(stored.tolist())  # every row's width is the first's (else ValueError)
+    if lexical is None:
+        return neural
+    return combine(neural, lexical, float(encoder_config.lexical_weight))
+
+
+def catalogue_lexical(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> np.ndarray | None:
+    """float32 [n, buckets] the catalogue rows' lexical title vectors, or None without a hybrid."""
+    if encoder_config.lexical_weight <= 0:
+        return None
+    titles = [_value(t) for t in catalogue["title"]]
+    return get_lexical(encoder_config).transform(titles, catalogue["has_text"].to_numpy(bool))
+
+
 def find_block_pairs(
     key: tuple,
     queries: pd.DataFrame,
     catalogue: pd.DataFrame,
     dedup_config: DedupConfig,
-    encoder_config: EncoderConfig | None = None,
+    encoder_config: EncoderConfig,
 ) -> pd.DataFrame:
     """cogroup body: finds the duplicate pairs of one (supplier, query block).
 
     Args:
         key: ``(supplier_id, query_block)``.
-        queries: the block's new listings (``listing_id``, ``emb_m``, ``model_version``).
+        queries: the block's new listings (``listing_id``, ``model_version``); each is in the catalogue.
         catalogue: the supplier's catalogue (``listing_id``, ``emb_m``, ``emb_t``, ``emb_i``,
-            ``has_text``, ``has_image``, and ``VERIFIER_COLUMNS`` when a verifier is set); it
-            contains the queries themselves.
+            ``has_text``, ``has_image``; ``title`` with a hybrid encoder, ``VERIFIER_COLUMNS`` with a
+            verifier); it contains the queries themselves.
         dedup_config: the search and verifier settings.
-        encoder_config: the encoder's lexical settings (needed with a verifier).
+        encoder_config: the hybrid's lexical settings (``searchable_vectors``).
 
     Returns:
         Rows of ``PAIR_SEARCH_ROWS``; each pair once with ``listing_id_l < listing_id_r``:
         candidates whose probability reached ``dedup.min_probability`` (every candidate, with a
         null probability, without a verifier); then one ``candidates`` row with the count of
-        candidates, and the saturated queries.
+        candidates and the task's size and search seconds, and the saturated queries.
+
+    Raises:
+        ValueError: a query is not in the catalogue.
     """
     from dedup.features import modality_similarity
     from dedup.search import find_pairs_by_id
@@ -171,10 +205,18 @@ def find_block_pairs(
     # every similarity with the same operations and writes identical values.
     queries = queries.sort_values("listing_id", kind="stable")
     catalogue = catalogue.sort_values("listing_id", kind="stable").reset_index(drop=True)
-    index_m = _stack(catalogue["emb_m"])
+    position = {listing_id: i for i, listing_id in enumerate(catalogue["listing_id"])}
+    missing = [i for i in queries["listing_id"] if i not in position]
+    if missing:
+        raise ValueError(f"supplier {supplier_id}: queries {missing[:5]} are not in the catalogue they search")
+    has_text = catalogue["has_text"].to_numpy(bool)
+    lexical = catalogue_lexical(catalogue, encoder_config)
+    index_m = searchable_vectors(catalogue["emb_m"], lexical, encoder_config)
+    query_rows = np.array([position[i] for i in queries["listing_id"]], dtype=np.int64)
+    search_started = time.monotonic()
     pairs, saturated = find_pairs_by_id(
         queries["listing_id"].tolist(),
-        _stack(queries["emb_m"]),
+        index_m[query_rows],
         catalogue["listing_id"].tolist(),
         index_m,
         min_similarity=dedup_config.min_similarity,
@@ -182,24 +224,28 @@ def find_block_pairs(
         backend=dedup_config.backend,
         device=dedup_config.device,
     )
+    search_seconds = time.monotonic() - search_started
     left_ids = pairs.column("listing_id_l").to_pylist()
     right_ids = pairs.column("listing_id_r").to_pylist()
-    position = {listing_id: i for i, listing_id in enumerate(catalogue["listing_id"])}
     left = np.array([position[i] for i in left_ids], dtype=np.int64)
     right = np.array([position[i] for i in right_ids], dtype=np.int64)
     sim_m = pairs.column("similarity").to_numpy().astype(np.float32)
     if len(left):
-        sim_t = modality_similarity(_stack(catalogue["emb_t"]), catalogue["has_text"].to_numpy(bool), left, right)
-        sim_i = modality_similarity(_stack(catalogue["emb_i"]), catalogue["has_image"].to_numpy(bool), left, right)
+        # t and i only for the listings the candidates touch
+        involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
+        sub_left, sub_right = inverse[: len(left)], inverse[len(left) :]
+        rows = catalogue.iloc[involved]
+        t = searchable_vectors(rows["emb_t"], None if lexical is None else lexical[involved], encoder_config)
+        i = unpack_vectors(rows["emb_i"].tolist())
+        sim_t = modality_similarity(t, has_text[involved], sub_left, sub_right)
+        sim_i = modality_similarity(i, rows["has_image"].to_numpy(bool), sub_left, sub_right)
     else:
         sim_t = sim_i = np.zeros(0, dtype=np.float32)
     candidates = len(left_ids)
     probability = np.full(len(left_ids), np.nan, dtype=np.float32)
     if dedup_config.verifier:
-        if encoder_config is None:
-            raise ValueError("find_block_pairs needs the encoder config when dedup.verifier is set")
         probability = verify_candidates(
-            catalogue, index_m, left, right, sim_m, sim_t, sim_i, dedup_config, encoder_config
+            catalogue, index_m, left, right, sim_m, sim_t, sim_i, dedup_config, encoder_config, lexical
         )
         keep = probability >= dedup_config.min_probability
         left_ids = [i for i, k in zip(left_ids, keep, strict=True) if k]
@@ -226,6 +272,10 @@ def find_block_pairs(
     counted = empty_frame(PAIR_SEARCH_ROWS).reindex(range(1))
     counted = counted.assign(kind="candidates", supplier_id=supplier_id, model_version=model_version)
     counted["candidates"] = candidates
+    counted["queries"] = len(queries)
+    counted["catalogue_rows"] = len(catalogue)
+    counted["dim"] = index_m.shape[1]
+    counted["search_seconds"] = search_seconds
     out = pd.concat([out, counted], ignore_index=True)
     if saturated:
         flagged = empty_frame(PAIR_SEARCH_ROWS).reindex(range(len(saturated)))
@@ -237,7 +287,8 @@ def find_block_pairs(
         )
         flagged[[*similarity_columns, "match_score"]] = np.nan
         out = pd.concat([out, flagged], ignore_index=True)
-    out["candidates"] = out["candidates"].astype("Int64")  # nullable: null on pair rows
+    for column in ("candidates", "queries", "catalogue_rows", "dim"):
+        out[column] = out[column].astype("Int64")  # nullable: null on pair rows
     log.info(
         "supplier %s block %s: %d queries x %d catalogue -> %d candidates -> %d pairs (%d saturated) in %.2fs",
         supplier_id,
@@ -252,18 +303,16 @@ def find_block_pairs(
     return out
 
 
-def find_supplier_pairs(
-    queries, catalogue, dedup_config: DedupConfig, run_date: str, encoder_config: EncoderConfig | None = None
-):
+def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date: str, encoder_config: EncoderConfig):
     """Finds pairs per (supplier, query block).
 
     Args:
         queries: the run date's live embeddings.
         catalogue: the suppliers' ``catalog`` rows restricted to the queries' model version (they
-            carry ``VERIFIER_COLUMNS``).
+            carry ``VERIFIER_COLUMNS``); it holds the queries.
         dedup_config: the search and verifier settings.
         run_date: stamped on the output.
-        encoder_config: the encoder's lexical settings (needed with a verifier).
+        encoder_config: the hybrid's lexical settings.
 
     Returns:
         ``(pairs, saturated, found)``: pairs matching the ``PAIRS`` contract, the saturated query
@@ -279,11 +328,13 @@ def find_supplier_pairs(
     queries = queries.select(*[F.col(c).alias(c) for c in queries.columns])
     blocked = queries.withColumn(
         "query_block", F.floor((F.row_number().over(block) - 1) / dedup_config.query_block_size)
-    ).select("supplier_id", "query_block", "listing_id", "emb_m", "model_version")
+    ).select("supplier_id", "query_block", "listing_id", "model_version")
     blocks = blocked.select(
         F.col("supplier_id").alias("supplier_id"), F.col("query_block").alias("query_block")
     ).distinct()
     extra = list(VERIFIER_COLUMNS) if dedup_config.verifier else []
+    if encoder_config.lexical_weight > 0 and "title" not in extra:
+        extra.append("title")  # the hybrid's lexical part is computed from it
     index = catalogue.join(blocks, on="supplier_id").select(
         "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image", *extra
     )
@@ -308,6 +359,77 @@ def find_supplier_pairs(
     )
     saturated = found.filter("kind = 'saturated'").select("supplier_id", "listing_id_l")
     return pairs, saturated, found
+
+
+def summarise_search(tasks: pd.DataFrame) -> dict:
+    """The search plan's sizes and speed, from the ``candidates`` rows of ``find_block_pairs``.
+
+    Args:
+        tasks: one row per (supplier, query block) task: ``supplier_id``, ``candidates``,
+            ``queries``, ``catalogue_rows``, ``dim``, ``search_seconds``.
+
+    Returns:
+        ``search_tasks``, ``candidates``, the physical floor ``search_gflop`` (sum of queries x
+        catalogue x dim x 2 FLOPs), the tasks' summed ``search_seconds``, the achieved
+        ``search_gflops`` (floor over those seconds: per task, so it compares with bench/README.md's
+        GEMM peak; null when no time was measured), and the ``largest_task`` (supplier, queries,
+        catalogue rows) with its ``largest_task_share`` of the floor.
+    """
+    if tasks.empty:
+        return {
+            "search_tasks": 0,
+            "candidates": 0,
+            "search_gflop": 0.0,
+            "search_seconds": 0.0,
+            "search_gflops": None,
+            "largest_task": None,
+            "largest_task_share": None,
+        }
+    floor = (
+        tasks["queries"].to_numpy(np.float64)
+        * tasks["catalogue_rows"].to_numpy(np.float64)
+        * tasks["dim"].to_numpy(np.float64)
+        * 2.0
+    )
+    seconds = float(tasks["search_seconds"].sum())
+    largest = int(np.argmax(floor))
+    row = tasks.iloc[largest]
+    return {
+        "search_tasks": len(tasks),
+        "candidates": int(tasks["candidates"].sum()),
+        "search_gflop": round(float(floor.sum()) / 1e9, 3),
+        "search_seconds": round(seconds, 3),
+        "search_gflops": round(float(floor.sum()) / seconds / 1e9, 2) if seconds > 0 else None,
+        "largest_task": {
+            "supplier_id": str(row["supplier_id"]),
+            "queries": int(row["queries"]),
+            "catalogue_rows": int(row["catalogue_rows"]),
+        },
+        "largest_task_share": round(float(floor[largest] / floor.sum()), 3) if floor.sum() > 0 else None,
+    }
+
+
+def check_lexical_settings(encoder_config: EncoderConfig, model_version: str) -> None:
+    """Checks the config's encoder is the one that made the stored vectors, with a hybrid encoder.
+
+    The stored vectors are neural only; the search adds the lexical part with the config's
+    settings, which must be the ones ``model_version`` was made with.
+
+    Raises:
+        DedupError: the versions differ; the message says what to do.
+    """
+    from encoder.factory import compute_model_version
+
+    if encoder_config.lexical_weight <= 0:
+        return
+    configured = compute_model_version(encoder_config)
+    if configured != model_version:
+        raise DedupError(
+            f"the run date's vectors are of model version {model_version}, the configured encoder's is "
+            f"{configured}: the lexical part is added with the config's [encoder] settings, so they must "
+            "be the ones the vectors were made with. Run the pairs stage with that config, or re-embed "
+            "(dedup_backfill with reembed) after changing the encoder"
+        )
 
 
 def check_verifier(dedup_config: DedupConfig, encoder_config: EncoderConfig, model_version: str | None):
@@ -436,6 +558,8 @@ def run(ctx: StageContext) -> StageResult:
             )
         catalogue = catalogue.filter(F.col("model_version") == versions[0])
     dedup_config, encoder_config = ctx.config.dedup, ctx.config.encoder
+    if versions:
+        check_lexical_settings(encoder_config, versions[0])
     verifier = check_verifier(dedup_config, encoder_config, versions[0] if versions else None)
     pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, day, encoder_config)
     if previous is None:
@@ -454,11 +578,31 @@ def run(ctx: StageContext) -> StageResult:
             listing_suppliers=catalogue.select("listing_id", "supplier_id"),
         )
         saturated_ids = [r["listing_id_l"] for r in saturated.distinct().limit(1000).collect()]
-        candidates = found.filter("kind = 'candidates'").agg(F.sum("candidates")).first()[0] or 0
+        tasks = (
+            found.filter("kind = 'candidates'")
+            .select("supplier_id", "candidates", "queries", "catalogue_rows", "dim", "search_seconds")
+            .toPandas()
+        )
         catalogue_size = catalogue.count()
     finally:
         found.unpersist()
         queries.unpersist()
+    search = summarise_search(tasks)
+    candidates = search["candidates"]
+    if search["largest_task"] is not None:
+        largest = search["largest_task"]
+        log.info(
+            "search plan: %d tasks, largest supplier %s %d queries x %d catalogue (%.0f%% of the work); "
+            "%.3f GFLOP in %.2f s of search (%s GFLOP/s per task)",
+            search["search_tasks"],
+            largest["supplier_id"],
+            largest["queries"],
+            largest["catalogue_rows"],
+            100 * (search["largest_task_share"] or 0.0),
+            search["search_gflop"],
+            search["search_seconds"],
+            search["search_gflops"],
+        )
     if saturated_ids:
         log.warning(
             "%d listings hit the per-query budget of %d pairs (first: %s); raise "
@@ -472,8 +616,8 @@ def run(ctx: StageContext) -> StageResult:
         rows_out=written["pairs"],
         details={
             "min_similarity": dedup_config.min_similarity,
-            "candidates": int(candidates),
             "candidates_per_query": round(candidates / rows_in, 3) if rows_in else 0.0,
+            **search,
             "verifier": verifier.digest[:16] if verifier is not None else None,
             "min_probability": dedup_config.min_probability if verifier is not None else None,
             "catalogue_size": catalogue_size,

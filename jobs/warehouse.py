@@ -21,6 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
 from config.errors import DedupError
 from schemas.tables import TABLES, TableSpec, to_ddl
 
@@ -70,9 +72,25 @@ def upgrade_table(spark, database: str, spec: TableSpec) -> None:
     Raises:
         DedupError: the table's columns do not match the contract's; the message says what to do.
     """
+    from pyspark.sql.types import StructType
+
     name = f"`{database}`.`{spec.name}`"
-    existing = [f.name for f in spark.table(name).schema.fields if f.name not in spec.partition_by]
+    fields = [f for f in spark.table(name).schema.fields if f.name not in spec.partition_by]
+    existing = [f.name for f in fields]
     wanted = spec.data_columns
+    contract = {f.name: f.dataType.simpleString() for f in StructType.fromDDL(to_ddl(spec.schema)).fields}
+    retyped = [
+        f"{f.name} {f.dataType.simpleString()} (the contract: {contract[f.name]})"
+        for f in fields
+        if f.name in contract and f.dataType.simpleString() != contract[f.name]
+    ]
+    if retyped:
+        # e.g. vectors stored as array<float> before schemas.vectors' float16 bytes
+        raise DedupError(
+            f"table {database}.{spec.name} was made by an incompatible version: columns {retyped}. "
+            f"Move the warehouse away (or DROP TABLE {database}.{spec.name}) and backfill the dates "
+            "(dedup_backfill) so they are rebuilt in today's layout"
+        )
     if existing == wanted:
         return
     if wanted[: len(existing)] != existing:
@@ -234,6 +252,31 @@ def with_pair_suppliers(pairs, listing_suppliers):
     return out
 
 
+def _stored_norms(values: pd.Series) -> pd.Series:
+    """pandas UDF body: the norms of a column of stored vectors (``schemas.vectors.vector_norms``)."""
+    from schemas.vectors import vector_norms
+
+    return pd.Series(vector_norms([None if v is None else bytes(v) for v in values]))
+
+
+def with_vector_norms(embeddings):
+    """Adds ``VECTOR_NORM_COLUMNS``: each stored vector's norm, for the embeddings output rules.
+
+    Spark SQL cannot read float16 bytes, so a pandas UDF decodes them (``schemas.vectors``).
+    """
+    from pyspark.sql import functions as F
+
+    from schemas.expectations import VECTOR_NORM_COLUMNS
+    from schemas.vectors import VECTOR_COLUMNS
+
+    norms = F.pandas_udf(_stored_norms, "double")
+    out = embeddings
+    for column, helper in zip(VECTOR_COLUMNS, VECTOR_NORM_COLUMNS, strict=True):
+        # a null vector stays null (the rule exempts it); a malformed one is NaN and fails the rule
+        out = out.withColumn(helper, F.when(F.col(column).isNotNull(), norms(F.col(column))))
+    return out
+
+
 def check_output(df, table: str, *, embedding_dim: int | None = None, listing_suppliers=None) -> list:
     """Runs a table's output suite on the DataFrame about to be written.
 
@@ -258,8 +301,10 @@ def check_output(df, table: str, *, embedding_dim: int | None = None, listing_su
         if listing_suppliers is None:
             raise ValueError("checking pairs needs listing_suppliers (listing_id, supplier_id)")
         df = with_pair_suppliers(df, listing_suppliers)
-    if table == "embeddings" and embedding_dim is None:
-        raise ValueError("checking embeddings needs embedding_dim, the encoder's vector width")
+    if table == "embeddings":
+        if embedding_dim is None:
+            raise ValueError("checking embeddings needs embedding_dim, the stored vector width")
+        df = with_vector_norms(df)
     if not _OUTPUT_VALIDATOR:
         _OUTPUT_VALIDATOR.append(OutputValidator())
     return _OUTPUT_VALIDATOR[0].check(table, df, embedding_dim=embedding_dim)

@@ -30,6 +30,8 @@ from typing import Any
 
 import pandas as pd
 
+from schemas.vectors import STORED_DTYPE, VECTOR_COLUMNS
+
 log = logging.getLogger(__name__)
 
 # Order matters: a row that breaks several rules is quarantined under the first one.
@@ -237,6 +239,11 @@ OUTPUT_ID_COLUMNS: dict[str, tuple[str, ...]] = {
 """The columns that identify an offending row in a failure message."""
 
 PAIR_SUPPLIER_COLUMNS = ("_supplier_id_l", "_supplier_id_r")
+
+VECTOR_NORM_COLUMNS = ("_norm_m", "_norm_t", "_norm_i")
+"""Helper columns the embeddings rules need: the stored ``emb_m`` / ``emb_t`` / ``emb_i``'s L2
+norm (``schemas.vectors.vector_norms``; null for a null vector), added by the jobs before the
+check (Spark SQL cannot read float16 bytes)."""
 """Helper columns the pairs suite expects: the supplier each side's listing belongs to."""
 
 EXAMPLES_PER_RULE = 5
@@ -270,19 +277,16 @@ class RuleResult:
         return f"table {self.table}, rule {self.rule}: {self.unexpected_count} offending {rows}, e.g. [{shown}]"
 
 
-def _norm_sql(column: str) -> str:
-    """Spark SQL for a vector column's L2 norm; -1 when the vector holds a null element."""
-    return f"coalesce(sqrt(aggregate({column}, 0D, (acc, x) -> acc + x * x)), -1D)"
-
-
 def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=None):
     """Builds the GX expectation suite for one output table.
 
     Rules (each expectation carries ``meta={"rule": <rule name>}``):
 
-    * ``embeddings``: ``embedding_dimension``: every vector present has ``embedding_dim`` elements;
+    * ``embeddings``: ``embedding_dimension``: every vector present has ``embedding_dim`` float16
+      elements (``2 x embedding_dim`` bytes, ``schemas.vectors``);
       ``embedding_unit_norm``: ``emb_m`` has norm 1, ``emb_t`` / ``emb_i`` norm 1 where the listing
-      has text / an image and 0 (the all-zero vector) otherwise, within ``UNIT_NORM_TOLERANCE``.
+      has text / an image and 0 (the all-zero vector) otherwise, within ``UNIT_NORM_TOLERANCE``
+      (needs the helper columns ``VECTOR_NORM_COLUMNS``).
       Rows with null vectors (tombstones, listings that could not be embedded) are exempt.
     * ``pairs``: ``pair_within_one_supplier``: both listings belong to the pair's ``supplier_id``
       (needs the helper columns ``PAIR_SUPPLIER_COLUMNS``); ``pair_similarity_in_range``:
@@ -314,20 +318,20 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
     if table == "embeddings":
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 1:
             raise ValueError(f"the embeddings suite needs the encoder's vector width, got {embedding_dim!r}")
-        wrong_size = " OR ".join(
-            f"({c} IS NOT NULL AND size({c}) <> {embedding_dim})" for c in ("emb_m", "emb_t", "emb_i")
-        )
+        width = embedding_dim * STORED_DTYPE.itemsize
+        wrong_size = " OR ".join(f"({c} IS NOT NULL AND octet_length({c}) <> {width})" for c in VECTOR_COLUMNS)
+        expected_norms = ("1", "IF(has_text, 1, 0)", "IF(has_image, 1, 0)")
         off_norm = " OR ".join(
-            f"({c} IS NOT NULL AND NOT abs({_norm_sql(c)} - {expected}) <= {UNIT_NORM_TOLERANCE!r})"
-            for c, expected in (("emb_m", "1"), ("emb_t", "IF(has_text, 1, 0)"), ("emb_i", "IF(has_image, 1, 0)"))
+            f"({c} IS NOT NULL AND NOT abs(coalesce({n}, -1D) - {expected}) <= {UNIT_NORM_TOLERANCE!r})"
+            for c, n, expected in zip(VECTOR_COLUMNS, VECTOR_NORM_COLUMNS, expected_norms, strict=True)
         )
         expectations += [
             (
                 "embedding_dimension",
                 rows(
                     unexpected_rows_query=(
-                        "SELECT listing_id, size(emb_m) AS size_m, size(emb_t) AS size_t, size(emb_i) AS size_i "
-                        f"FROM {{batch}} WHERE {wrong_size}"
+                        "SELECT listing_id, octet_length(emb_m) AS bytes_m, octet_length(emb_t) AS bytes_t, "
+                        f"octet_length(emb_i) AS bytes_i FROM {{batch}} WHERE {wrong_size}"
                     )
                 ),
             ),
@@ -335,9 +339,9 @@ def build_output_suite(table: str, embedding_dim: int | None = None, gx_module=N
                 "embedding_unit_norm",
                 rows(
                     unexpected_rows_query=(
-                        f"SELECT listing_id, round({_norm_sql('emb_m')}, 6) AS norm_m, "
-                        f"round({_norm_sql('emb_t')}, 6) AS norm_t, round({_norm_sql('emb_i')}, 6) AS norm_i "
-                        f"FROM {{batch}} WHERE {off_norm}"
+                        "SELECT listing_id, "
+                        + ", ".join(f"round({n}, 6) AS norm_{n[-1]}" for n in VECTOR_NORM_COLUMNS)
+                        + f" FROM {{batch}} WHERE {off_norm}"
                     )
                 ),
             ),
@@ -455,8 +459,8 @@ class OutputValidator:
         Args:
             table: a key of ``OUTPUT_RULES``.
             frame: a Spark DataFrame with the table's columns (plus ``PAIR_SUPPLIER_COLUMNS`` for
-                ``pairs``).
-            embedding_dim: the encoder's vector width; required for ``embeddings``.
+                ``pairs``, ``VECTOR_NORM_COLUMNS`` for ``embeddings``).
+            embedding_dim: the stored vector width; required for ``embeddings``.
 
         Returns:
             One ``RuleResult`` per rule of ``OUTPUT_RULES[table]``, in that order.

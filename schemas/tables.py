@@ -6,7 +6,8 @@ schemas and check every DataFrame against them before writing, so a stage can ne
 that drifted from its contract.
 
 ``run_date`` is an ISO date string (``YYYY-MM-DD``), the Airflow logical date of the run that wrote
-the row. Vectors are ``list<float32>``; similarity columns are cosine similarities of L2-normalised
+the row. Vectors are ``binary``: float16 bytes of the encoder's neural vector (``schemas.vectors``:
+the layout and the per-listing byte budget); similarity columns are cosine similarities of L2-normalised
 vectors (higher = closer), ``null`` where a modality is missing on either side.
 """
 
@@ -56,7 +57,7 @@ QUARANTINE = pa.schema(
 )
 """Input rows that broke a rule of the listings contract; ``rule`` names the broken rule."""
 
-_VECTOR = pa.list_(pa.float32())
+_VECTOR = pa.binary()  # float16 bytes, schemas.vectors
 
 EMBEDDINGS = pa.schema(
     [
@@ -75,6 +76,10 @@ EMBEDDINGS = pa.schema(
     ]
 )
 """One vector triple per validated listing. A deleted listing is a tombstone with null vectors.
+
+Each vector is the encoder's neural vector as float16 bytes (``schemas.vectors``), the hybrid's
+lexical part left out (the pairs stage adds it from the title); ``model_version`` is the whole
+encoder's, lexical settings included.
 
 The catalogue of run date D (table ``catalog``) holds, per listing, its row with the latest
 ``run_date <= D`` (then the latest ``updated_at``), unless that row is a tombstone or has no vectors.
@@ -226,12 +231,17 @@ PAIR_SEARCH_ROWS = pa.schema(
         pa.field("kind", pa.string()),
         *(f for f in PAIRS if f.name != "run_date"),
         pa.field("candidates", pa.int64()),
+        pa.field("queries", pa.int64()),
+        pa.field("catalogue_rows", pa.int64()),
+        pa.field("dim", pa.int64()),
+        pa.field("search_seconds", pa.float64()),
     ]
 )
 """What the pairs stage's per-(supplier, block) search returns: ``kind`` is "pair"; "saturated"
 for a query cut by the per-query budget (its id in ``listing_id_l``, the rest null); or
-"candidates", one row per block whose ``candidates`` counts the pairs the search found before
-the verifier (the rest null)."""
+"candidates", one row per block (task) whose ``candidates`` counts the pairs the search found
+before the verifier, with the task's size (``queries`` x ``catalogue_rows`` at width ``dim``) and
+the seconds its exact search took (the rest null)."""
 
 GROUP_INPUT_ROWS = pa.schema(
     [

@@ -120,6 +120,39 @@ def test_row_counts_reconcile_for_every_day(nightly):
         assert metrics["groups"]["rows_out"] == len(_table(warehouse, "groups", day))
 
 
+def test_the_catalogue_stays_inside_the_vector_budget(nightly):
+    """Every catalogue listing's stored vectors (the shipped model, float16) fit the 2 KB budget,
+    and the catalog stage's run_metrics state the same bytes."""
+    import json
+
+    from schemas.vectors import VECTOR_BUDGET_BYTES, VECTOR_COLUMNS
+
+    _, warehouse, _ = nightly
+    day = DAYS[-1]
+    rows = _table(warehouse, "catalog", day)
+    sizes = [sum(len(r[c]) for c in VECTOR_COLUMNS if r[c] is not None) for r in rows]
+    assert rows and max(sizes) <= VECTOR_BUDGET_BYTES
+    [catalog] = [m for m in _table(warehouse, "run_metrics", day) if m["stage"] == "catalog"]
+    details = json.loads(catalog["details"])
+    assert details["vector_bytes_per_listing_max"] == max(sizes)
+    assert details["vector_bytes"] == sum(sizes)
+
+
+def test_the_pairs_stage_reports_its_search_plan(nightly):
+    """One search task per (supplier, query block) of the night, with the work's size and speed."""
+    import json
+
+    _, warehouse, _ = nightly
+    day = DAYS[-1]
+    # the night's queries: its listings with vectors (a tombstone searches nothing)
+    suppliers = {r["supplier_id"] for r in _table(warehouse, "embeddings", day) if r["emb_m"] is not None}
+    [pairs] = [m for m in _table(warehouse, "run_metrics", day) if m["stage"] == "pairs"]
+    details = json.loads(pairs["details"])
+    assert details["search_tasks"] == len(suppliers) > 0  # each sample supplier's night fits one block
+    assert details["largest_task"]["supplier_id"] in suppliers
+    assert 0 < details["largest_task_share"] <= 1 and details["search_gflop"] > 0
+
+
 def test_known_bad_rows_are_quarantined_with_their_rule(nightly):
     _, warehouse, _ = nightly
     with (EXAMPLES / "ground_truth" / "quarantine.csv").open() as f:

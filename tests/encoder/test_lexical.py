@@ -178,3 +178,29 @@ def test_hybrid_model_version_covers_every_lexical_setting(hybrid_pair, tmp_path
     for change in ({"lexical_weight": 0.3}, {"lexical_buckets": 512}, {"lexical_idf": str(idf)}):
         assert compute_model_version(dataclasses.replace(hybrid.config, **change)) != hybrid.model_version, change
     assert compute_model_version(dataclasses.replace(hybrid.config, batch_size=7)) == hybrid.model_version
+
+
+def test_stored_neural_vectors_plus_the_title_give_the_hybrid_similarities(hybrid_pair):
+    """What the pairs stage searches (float16 neural vectors from embed, the lexical part from the
+    catalogue's title) is the hybrid encoder's m and t, up to float16 rounding."""
+    import pandas as pd
+
+    from jobs.embed import encode_for_storage
+    from jobs.pairs import catalogue_lexical, searchable_vectors
+    from schemas.vectors import pack_vectors
+    from tests.encoder.test_encoder import _jpeg
+
+    hybrid, _ = hybrid_pair
+    titles = ["wd blue 1tb wd10ezex", "WD Blue 1TB WD10EZEX hard drive", None, "red mug 300 ml"]
+    images = [None, _jpeg((200, 30, 30), 1), _jpeg((30, 30, 200), 2), _jpeg((200, 30, 30), 3)]
+    want = hybrid.encode(titles, images)
+    stored = encode_for_storage(hybrid, titles, images)
+    assert stored.m.shape[1] == hybrid.dim - 256 and stored.model_version == hybrid.model_version
+    catalogue = pd.DataFrame(
+        {"title": titles, "has_text": stored.has_text, "emb_m": pack_vectors(stored.m), "emb_t": pack_vectors(stored.t)}
+    )
+    lexical = catalogue_lexical(catalogue, hybrid.config)
+    for view in ("m", "t"):
+        got = searchable_vectors(catalogue[f"emb_{view}"], lexical, hybrid.config)
+        assert got.shape == getattr(want, view).shape
+        assert np.abs(got @ got.T - getattr(want, view) @ getattr(want, view).T).max() < 2e-3, view

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from config.errors import DedupError
+from schemas.vectors import pack_vectors
 
 pytestmark = pytest.mark.spark
 
@@ -50,7 +51,7 @@ BRIDGE = (_U + _V) / np.linalg.norm(_U + _V)
 
 
 def _row(listing_id, supplier_id, vector, run_date, *, deleted=False, version="v1", hour=1):
-    vec = None if deleted else [float(x) for x in vector]
+    vec = None if deleted else pack_vectors(np.asarray([vector], dtype=np.float32))[0]
     return {
         "listing_id": listing_id,
         "supplier_id": supplier_id,
@@ -61,7 +62,7 @@ def _row(listing_id, supplier_id, vector, run_date, *, deleted=False, version="v
         "image_error": None,
         "emb_m": vec,
         "emb_t": vec,
-        "emb_i": None if deleted else [0.0] * 8,
+        "emb_i": None if deleted else pack_vectors(np.zeros((1, 8), dtype=np.float32))[0],
         "model_version": None if deleted else version,
         "run_date": run_date,
     }
@@ -270,6 +271,9 @@ def test_the_pairs_stage_reads_only_the_day_suppliers_catalogue_folders(spark, n
     assert all("s2" != r["supplier_id"] for r in read_catalogue(spark, nights.warehouse.database, N4, day).collect())
     metrics = {r["stage"]: json.loads(r["details"]) for r in _rows(nights, "run_metrics", N4)}
     assert metrics["pairs"]["catalogue_buckets_read"] == len(day)
+    # three 8-wide float16 vectors a listing: the catalog stage states the vector bytes
+    assert metrics["catalog"]["vector_bytes_per_listing_max"] == 3 * 8 * 2
+    assert metrics["catalog"]["vector_bytes"] == 3 * 8 * 2 * metrics["catalog"]["listings"]
 
 
 def test_vectors_of_two_model_versions_are_never_paired(spark, pipeline_config):

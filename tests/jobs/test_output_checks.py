@@ -30,6 +30,11 @@ def _unit(*values: float) -> list[float]:
     return (v / np.linalg.norm(v)).tolist()
 
 
+def _stored(vector):
+    """The stored form (float16 bytes, schemas.vectors) of a vector given as floats; NaN kept."""
+    return None if vector is None else np.asarray(vector, dtype="<f2").tobytes()
+
+
 def _embedding(
     listing_id, emb_m=None, emb_t=None, emb_i=None, has_text=True, has_image=False, deleted=False, supplier_id="s1"
 ):
@@ -41,9 +46,9 @@ def _embedding(
         "has_text": has_text,
         "has_image": has_image,
         "image_error": None,
-        "emb_m": emb_m,
-        "emb_t": emb_t,
-        "emb_i": emb_i,
+        "emb_m": _stored(emb_m),
+        "emb_t": _stored(emb_t),
+        "emb_i": _stored(emb_i),
         "model_version": None if deleted else "v1",
         "run_date": RUN_DATE,
     }
@@ -216,9 +221,10 @@ def test_checks_need_their_inputs(spark):
 def test_encoder_dims_match_the_encoder():
     from types import SimpleNamespace
 
-    from encoder.config import ENCODER_KINDS, KIND_DIMS, SSPR_DIM, EncoderConfig, vector_dim
+    from encoder.config import ENCODER_KINDS, KIND_DIMS, SSPR_DIM, EncoderConfig, stored_dim, vector_dim
     from encoder.image import IMAGE_DIM
     from encoder.text import TEXT_DIM
+    from schemas.vectors import VECTOR_BUDGET_BYTES, stored_bytes
 
     assert set(KIND_DIMS) == set(ENCODER_KINDS)
     zero_shot = EncoderConfig(kind="zero-shot")
@@ -227,6 +233,9 @@ def test_encoder_dims_match_the_encoder():
     # a hybrid appends the lexical columns (encoder/hybrid.py)
     hybrid = EncoderConfig(kind="sspr", lexical_weight=0.2, lexical_buckets=100)
     assert vector_dim(hybrid) == SSPR_DIM + 100
+    # only the neural part is stored (schemas.vectors): within the per-listing budget for sspr
+    assert stored_dim(hybrid) == stored_dim(EncoderConfig(kind="sspr")) == SSPR_DIM
+    assert stored_bytes(stored_dim(hybrid)) == 3 * 2 * SSPR_DIM <= VECTOR_BUDGET_BYTES
     with pytest.raises(ValueError, match="no vector width known"):
         vector_dim(SimpleNamespace(kind="not-a-kind", lexical_weight=0.0, lexical_buckets=0))
 

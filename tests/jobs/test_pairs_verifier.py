@@ -18,8 +18,9 @@ from dedup.config import DedupConfig
 from dedup.features import FEATURE_NAMES
 from dedup.verifier import Tree, Verifier, save_verifier
 from encoder.config import EncoderConfig
-from jobs.pairs import check_verifier, find_block_pairs
+from jobs.pairs import check_verifier, find_block_pairs, summarise_search
 from schemas.tables import PAIR_SEARCH_ROWS
+from schemas.vectors import pack_vectors
 
 
 def _code_verifier(path, model_version="mv") -> None:
@@ -42,9 +43,9 @@ def _catalogue() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "listing_id": ["a", "b", "c", "d"],
-            "emb_m": list(vectors),
-            "emb_t": list(vectors),
-            "emb_i": list(np.zeros_like(vectors)),
+            "emb_m": pack_vectors(vectors),
+            "emb_t": pack_vectors(vectors),
+            "emb_i": pack_vectors(np.zeros_like(vectors)),
             "has_text": True,
             "has_image": False,
             "title": ["WD Red WD40EFRX 4TB", "Western Digital WD-40EFRX", "WD Red WD60EFRX 6TB", None],
@@ -58,7 +59,7 @@ def _catalogue() -> pd.DataFrame:
 def test_verified_block_keeps_the_candidates_the_verifier_accepts(tmp_path):
     _code_verifier(tmp_path / "v.json")
     catalogue = _catalogue()
-    queries = catalogue.loc[[0, 2], ["listing_id", "emb_m"]].assign(model_version="mv")
+    queries = catalogue.loc[[0, 2], ["listing_id"]].assign(model_version="mv")
     dedup = DedupConfig(min_similarity=0.5, verifier=str(tmp_path / "v.json"), min_probability=0.5)
     out = find_block_pairs(("s1", 0), queries, catalogue, dedup, EncoderConfig(lexical_buckets=64))
     assert list(out.columns) == PAIR_SEARCH_ROWS.names
@@ -66,10 +67,14 @@ def test_verified_block_keeps_the_candidates_the_verifier_accepts(tmp_path):
     # a-b, a-c, b-c are candidates (d is far); only a-b share the model code WD40EFRX
     assert list(zip(pairs["listing_id_l"], pairs["listing_id_r"], strict=True)) == [("a", "b")]
     assert pairs["match_score"].iloc[0] == pytest.approx(1 / (1 + math.exp(-3)), abs=1e-6)
-    assert out.loc[out["kind"] == "candidates", "candidates"].tolist() == [3]
+    counted = out[out["kind"] == "candidates"]
+    assert counted["candidates"].tolist() == [3]
+    # the task's size: 2 queries x 4 catalogue rows of 2 dimensions (no lexical part: weight 0)
+    assert counted[["queries", "catalogue_rows", "dim"]].values.tolist() == [[2, 4, 2]]
+    assert counted["search_seconds"].iloc[0] >= 0.0
 
     # without a verifier every candidate is a pair, with a null probability
-    plain = find_block_pairs(("s1", 0), queries, catalogue, DedupConfig(min_similarity=0.5))
+    plain = find_block_pairs(("s1", 0), queries, catalogue, DedupConfig(min_similarity=0.5), EncoderConfig())
     plain_pairs = plain[plain["kind"] == "pair"]
     assert len(plain_pairs) == 3 and plain_pairs["match_score"].isna().all()
 
@@ -82,3 +87,26 @@ def test_a_verifier_for_another_model_stops_the_stage_with_what_to_do(tmp_path):
     with pytest.raises(DedupError, match="cannot be read"):
         check_verifier(DedupConfig(verifier=str(tmp_path / "absent.json")), EncoderConfig(), "mv")
     assert check_verifier(DedupConfig(), EncoderConfig(), "mv") is None
+
+
+def _tasks(*rows):
+    columns = ["supplier_id", "candidates", "queries", "catalogue_rows", "dim", "search_seconds"]
+    return pd.DataFrame(list(rows), columns=columns)
+
+
+def test_the_search_summary_names_the_largest_task_and_the_achieved_speed():
+    # s-big: 10 x 1000 x 256 x 2 = 5.12 MFLOP; s-small: 2 x 20 x 256 x 2 = 20,480 FLOP
+    summary = summarise_search(_tasks(("s-small", 1, 2, 20, 256, 0.001), ("s-big", 7, 10, 1000, 256, 0.002)))
+    floor = 10 * 1000 * 256 * 2 + 2 * 20 * 256 * 2
+    assert summary["search_tasks"] == 2 and summary["candidates"] == 8
+    assert summary["largest_task"] == {"supplier_id": "s-big", "queries": 10, "catalogue_rows": 1000}
+    assert summary["largest_task_share"] == round(10 * 1000 / (10 * 1000 + 2 * 20), 3)
+    assert summary["search_gflop"] == round(floor / 1e9, 3)
+    assert summary["search_gflops"] == round(floor / 0.003 / 1e9, 2)
+
+
+def test_the_search_summary_of_a_night_without_tasks_is_empty_not_an_error():
+    summary = summarise_search(_tasks())
+    assert summary["search_tasks"] == 0 and summary["largest_task"] is None and summary["search_gflops"] is None
+    # and a task too fast to time has no speed rather than a division by zero
+    assert summarise_search(_tasks(("s", 0, 1, 1, 4, 0.0)))["search_gflops"] is None

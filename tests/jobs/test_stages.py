@@ -157,6 +157,13 @@ def _unit(v):
     return (v / np.linalg.norm(v)).tolist()
 
 
+def _stored(v):
+    """A vector as the embeddings table stores it (float16 bytes, ``schemas.vectors``)."""
+    from schemas.vectors import pack_vectors
+
+    return pack_vectors(np.asarray([v], dtype=np.float32))[0]
+
+
 def _embedding(listing_id, supplier_id, vector, run_date, image=None, deleted=False, version="v1"):
     return {
         "listing_id": listing_id,
@@ -166,9 +173,9 @@ def _embedding(listing_id, supplier_id, vector, run_date, image=None, deleted=Fa
         "has_text": not deleted,
         "has_image": image is not None,
         "image_error": None,
-        "emb_m": None if deleted else _unit(vector),
-        "emb_t": None if deleted else _unit(vector),
-        "emb_i": None if deleted else (_unit(image) if image is not None else [0.0] * len(vector)),
+        "emb_m": None if deleted else _stored(_unit(vector)),
+        "emb_t": None if deleted else _stored(_unit(vector)),
+        "emb_i": None if deleted else _stored(_unit(image) if image is not None else [0.0] * len(vector)),
         "model_version": None if deleted else version,
         "run_date": run_date,
     }
@@ -239,10 +246,15 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     assert all(p["supplier_id"] == "s1" for p in found)
     by_pair = {(p["listing_id_l"], p["listing_id_r"]): p for p in found}
     assert by_pair[("new-a", "old-a")]["similarity_i"] == pytest.approx(
-        float(np.dot(_unit([1, 0.9, 0, 0]), _unit([1, 1, 0, 0]))), abs=1e-5
+        float(np.dot(_unit([1, 0.9, 0, 0]), _unit([1, 1, 0, 0]))), abs=1e-3
     )
     assert by_pair[("new-a", "new-a2")]["similarity_i"] is None  # new-a2 has no image
     assert result.rows_in == 4 and result.rows_out == 3
+    # the plan: one task, s1's 4 new listings against its 5 live ones (old-gone left on d2)
+    assert result.details["search_tasks"] == 1
+    assert result.details["largest_task"] == {"supplier_id": "s1", "queries": 4, "catalogue_rows": 5}
+    assert result.details["largest_task_share"] == 1.0
+    assert result.details["candidates"] >= 3 and result.details["search_seconds"] >= 0.0
 
     result = _run_chained(spark, config, "groups", d2)
     grouped = _check_contract(config, "groups", d2).to_pylist()
@@ -306,11 +318,35 @@ def test_embed_stage_with_the_real_encoder(spark, pipeline_config):
     assert table["p4"]["is_deleted"] and table["p4"]["emb_m"] is None
     assert table["p2"]["has_image"] and not table["p1"]["has_image"]
     assert not table["p3"]["has_image"] and table["p3"]["image_error"]
+    from encoder.config import stored_dim
+    from schemas.vectors import VECTOR_BUDGET_BYTES, unpack_vectors
+
+    dim = stored_dim(pipeline_config.encoder)
     for listing_id in ("p1", "p2", "p3"):
-        m = np.asarray(table[listing_id]["emb_m"])
-        assert abs(np.linalg.norm(m) - 1) < 1e-4
+        stored = [table[listing_id][c] for c in ("emb_m", "emb_t", "emb_i")]
+        assert [len(v) for v in stored] == [2 * dim] * 3  # float16, the neural width
+        m = unpack_vectors([stored[0]], normalise=False)[0]
+        assert abs(np.linalg.norm(m) - 1) < 2e-3  # unit up to float16 rounding
+    if dim <= 256:  # the shipped eSSPR width fits the budget (zero-shot's 1,664 does not)
+        assert 3 * 2 * dim <= VECTOR_BUDGET_BYTES
     assert len({table[k]["model_version"] for k in ("p1", "p2", "p3")}) == 1
     assert json.loads(json.dumps(result.details))["image_errors"] == 1
+
+
+def test_a_table_of_an_older_vector_layout_is_refused_with_what_to_do(spark):
+    """Vectors stored as array<float> (before float16 bytes) cannot be appended to: the stage
+    says to move the warehouse away and backfill instead of failing inside a write."""
+    from config.errors import DedupError
+    from jobs.warehouse import ensure_tables
+    from schemas.tables import EMBEDDINGS, to_ddl
+
+    database = "stages_old_layout"
+    old = to_ddl(EMBEDDINGS).replace("`emb_m` BINARY", "`emb_m` ARRAY<FLOAT>")
+    assert old != to_ddl(EMBEDDINGS)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.embeddings ({old}) USING parquet PARTITIONED BY (run_date)")
+    with pytest.raises(DedupError, match=r"emb_m array<float> \(the contract: binary\).*backfill"):
+        ensure_tables(spark, database, ["embeddings"])
 
 
 def test_run_metrics_row_is_replaced_per_stage_and_matches_contract(spark, pipeline_config):
@@ -333,21 +369,23 @@ def test_pair_similarities_stay_within_unit_range():
     import pandas as pd
 
     from dedup.config import DedupConfig
+    from encoder.config import EncoderConfig
     from jobs.pairs import find_block_pairs
+    from schemas.vectors import unpack_vectors
 
-    # This seeded unit vector's float32 self-similarity rounds to 1.0000001 (checked below), so the
-    # stage must clip it into the contract's [-1, 1].
-    raw = np.random.default_rng(0).normal(size=8).astype(np.float32)
-    raw = raw / np.linalg.norm(raw)
-    assert np.einsum("d,d->", raw, raw) > 1.0
-    v = raw.tolist()
-    queries = pd.DataFrame({"listing_id": ["a", "b"], "emb_m": [v, v], "model_version": "v"})
-    catalogue = queries.assign(emb_t=[v, v], emb_i=[v, v], has_text=True, has_image=True)
+    # This seeded vector, stored as float16 and renormalised in float32, has a self-similarity
+    # of 1.0000001 (checked below), so the stage must clip it into the contract's [-1, 1].
+    v = _stored(_unit(np.random.default_rng(4).normal(size=8)))
+    searched = unpack_vectors([v])[0]
+    assert np.einsum("d,d->", searched, searched) > 1.0
+    queries = pd.DataFrame({"listing_id": ["a", "b"], "model_version": "v"})
+    catalogue = queries.assign(emb_m=[v, v], emb_t=[v, v], emb_i=[v, v], has_text=True, has_image=True)
     out = find_block_pairs(
         ("s", 0),
         queries,
         catalogue,
         DedupConfig(min_similarity=0.5, max_results_per_query=5, backend="faiss", device="cpu"),
+        EncoderConfig(),
     )
     pairs = out[out["kind"] == "pair"]
     assert len(pairs) == 1

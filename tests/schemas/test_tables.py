@@ -76,7 +76,7 @@ def test_to_ddl_renders_every_schema(spec: TableSpec):
 
 def test_to_ddl_type_strings():
     embeddings = to_ddl(TABLES["embeddings"].schema)
-    assert "`emb_m` ARRAY<FLOAT>" in embeddings
+    assert "`emb_m` BINARY" in embeddings
     assert "`updated_at` TIMESTAMP" in embeddings
     assert "`is_deleted` BOOLEAN" in embeddings
     listings = to_ddl(LISTINGS)
