@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install browser nightly review lint test test-fast evaluate train lexical verifier clean help
+.PHONY: install browser nightly review lint test test-fast evaluate train lexical verifier pyfiles clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -39,6 +39,9 @@ nightly: install  ## run the nightly DAG (airflow dags test) over every sample d
 
 review: install  ## start the governance review app on the warehouse's nights: http://127.0.0.1:8765 (after make nightly)
 	$(BIN)/python -m review --config $(SSPR_CONFIG)
+
+pyfiles:  ## build var/dist/sspr_dedup.zip, the --py-files archive for executors on a cluster (SSPR_PY_FILES)
+	$(PYTHON) bin/build-pyfiles --out var/dist/sspr_dedup.zip
 
 lint: install  ## ruff lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .

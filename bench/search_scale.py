@@ -1,7 +1,7 @@
 """Search at scale: the per-supplier exact search against one global faiss self-join (CPU).
 
     .venv/bin/python bench/search_scale.py    # 1,000,000 listings, 10,000 suppliers; writes
-                                              # bench/results/search_scale.json and bench/search_scale.md (pasted into bench/README.md)
+                                              # bench/results/search_scale.json and its table in bench/README.md
 
 Data (synthetic, seeded): ``--listings`` random normal vectors of the stored width ``--dim``,
 normalised, sent through the stored float16 (``schemas.vectors.STORED_DTYPE``, what
@@ -48,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 log = logging.getLogger("bench.search_scale")
+BEGIN, END = "<!-- search-scale:begin -->", "<!-- search-scale:end -->"
 
 PLANTED_SIMILARITY = (0.95, 0.99)
 """Range of the cosine similarity of a planted copy to its base listing (before float16)."""
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-size", type=int, default=4096, help="GEMM peak: [size, dim] x [dim, size]")
     parser.add_argument("--peak-repeats", type=int, default=10, help="GEMM peak: timed runs (best)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "search_scale.json"))
-    parser.add_argument("--md", default=str(ROOT / "bench" / "search_scale.md"), help="'' = no markdown file")
+    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"), help="'' = no table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     positive = ("listings", "suppliers", "dim", "max_results_per_query", "global_queries", "check_suppliers")
@@ -630,8 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     table = markdown(report)
-    if args.md:
-        Path(args.md).write_text(table)
+    if args.readme:
+        from evaluation.report import update_readme
+
+        update_readme(Path(args.readme), table.strip(), BEGIN, END)
     log.info("wrote %s\n%s", args.out, table)
     checks = {
         "planted recall 1.0": planted_found == planted_keys.size,

@@ -35,7 +35,9 @@ given more slots.
 
 Config: the TOML file in `$SSPR_CONFIG` (default `conf/sspr.toml` beside `dags/`); Spark master from
 the Airflow connection `spark_default`; the JVM heaps (`--driver-memory`, `--executor-memory`) from
-its `[spark]` keys `driver_memory` / `executor_memory`. Params: `min_similarity` overrides the config's threshold
+its `[spark]` keys `driver_memory` / `executor_memory`; on a cluster, the project's packages from the
+archive `$SSPR_PY_FILES` names (`make pyfiles` builds `var/dist/sspr_dedup.zip`), passed as
+`--py-files`. Params: `min_similarity` overrides the config's threshold
 for a manual run.
 """
 
@@ -69,6 +71,9 @@ def spark_memory(key: str, default: str = "4g") -> str:
     except (OSError, tomllib.TOMLDecodeError):
         return default  # the job itself reports a missing or broken config clearly
 
+
+# The --py-files archive for executors on a cluster (bin/build-pyfiles); unset = none (local mode).
+PY_FILES = os.environ.get("SSPR_PY_FILES") or None
 
 # Wait between a failed attempt and its retry (SSPR_RETRY_DELAY_S seconds; default 5 minutes).
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300")))
@@ -106,6 +111,7 @@ def dedup_nightly():
             name=f"sspr-{stage}-{{{{ ds }}}}",
             driver_memory=spark_memory("driver_memory"),
             executor_memory=spark_memory("executor_memory"),
+            py_files=PY_FILES,
             pool=WAREHOUSE_POOL,
             pool_slots=1,
             application_args=[

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,7 @@ def stage_command(args, stage: str, run_date: str, spark: SparkConfig | None = N
         spark.executor_memory,
         "--name",
         f"sspr-{stage}-{run_date}",
+        *(["--py-files", args.py_files] if getattr(args, "py_files", None) else []),
         str(REPO / "jobs" / f"{stage}.py"),
         "--run-date",
         run_date,
@@ -119,6 +121,11 @@ def build_parser():
         "--reembed", action="store_true", help="re-embed the catalogue's vectors of other model versions"
     )
     parser.add_argument("--master", default="local[2]", help="Spark master for every stage (default local[2])")
+    parser.add_argument(
+        "--py-files",
+        default=os.environ.get("SSPR_PY_FILES") or None,
+        help="archive of the project's packages for executors on a cluster (bin/build-pyfiles; default $SSPR_PY_FILES)",
+    )
     parser.add_argument("--spark-submit", default="spark-submit", help="the spark-submit executable (default: on PATH)")
     add_shortcut(
         parser, "--min-similarity", "dedup.min_similarity", "candidate threshold for every date; empty = config's"

@@ -110,8 +110,8 @@ def spark_conf(config: PipelineConfig) -> dict[str, str]:
 def build_spark(config: PipelineConfig, app_name: str):
     """Creates (or returns the running) SparkSession with Hive support for a pipeline job.
 
-    Under ``spark-submit`` the master comes from spark-submit; run by hand it is
-    ``spark.master`` from config, else ``local[*]``.
+    The master is ``spark.master`` from config when set, else spark-submit's ``--master``, else
+    ``local[*]`` for a stage run by hand (``choose_master``).
 
     Args:
         config: the pipeline config.
@@ -120,7 +120,6 @@ def build_spark(config: PipelineConfig, app_name: str):
     Returns:
         A ``pyspark.sql.SparkSession``.
     """
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     # Python workers must run this interpreter (the venv with torch / faiss), not `python3` on PATH.
@@ -131,10 +130,9 @@ def build_spark(config: PipelineConfig, app_name: str):
             Path(directory).mkdir(parents=True, exist_ok=True)
 
     builder = SparkSession.builder.appName(app_name).enableHiveSupport()
-    if config.spark.master:
-        builder = builder.master(config.spark.master)
-    elif not SparkConf().contains("spark.master"):
-        builder = builder.master("local[*]")
+    master = choose_master(config, os.environ)
+    if master:
+        builder = builder.master(master)
     for key, value in spark_conf(config).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -146,6 +144,27 @@ def build_spark(config: PipelineConfig, app_name: str):
     log.info("spark session %s ready (master %s)", app_name, spark.sparkContext.master)
     check_driver_memory(spark, config)
     return spark
+
+
+def choose_master(config: PipelineConfig, environ) -> str | None:
+    """Returns the master a job must set, or None to keep the one spark-submit was given.
+
+    Under spark-submit the Python driver is started by the JVM, which hands it its gateway in
+    ``PYSPARK_GATEWAY_PORT``; ``--master`` is then already in that JVM's conf (a Python-side
+    ``SparkConf()`` cannot see it before the context exists, so it is not asked).
+
+    Args:
+        config: ``spark.master`` wins when set.
+        environ: the process environment.
+
+    Returns:
+        ``spark.master``; else None under spark-submit; else ``local[*]`` (a stage run by hand).
+    """
+    if config.spark.master:
+        return config.spark.master
+    if environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
+    return "local[*]"
 
 
 def jvm_bytes(size: str) -> int:

@@ -15,8 +15,8 @@ SMALL += ["--global-queries", "500", "--check-suppliers", "10", "--peak-size", "
 
 def test_small_run_finds_every_planted_pair_and_matches_brute_force(tmp_path, load_bench):
     bench = load_bench("search_scale")
-    out, md = tmp_path / "search_scale.json", tmp_path / "search_scale.md"
-    assert bench.main([*SMALL, "--out", str(out), "--md", str(md)]) == 0
+    out, md = tmp_path / "search_scale.json", tmp_path / "README.md"
+    assert bench.main([*SMALL, "--out", str(out), "--readme", str(md)]) == 0
     report = json.loads(out.read_text())
     results, data = report["results"], report["data"]
     assert data["listings"] == 20000 and data["suppliers"] == 50
@@ -86,5 +86,7 @@ def test_brute_force_comparison_sees_a_missing_pair(load_bench):
 def test_bad_arguments_exit_2(tmp_path, load_bench):
     bench = load_bench("search_scale")
     out = str(tmp_path / "x.json")
-    assert bench.main(["--listings", "0", "--out", out, "--md", ""]) == 2
-    assert bench.main(["--listings", "100", "--suppliers", "10", "--giant-min", "50", "--out", out, "--md", ""]) == 2
+    assert bench.main(["--listings", "0", "--out", out, "--readme", ""]) == 2
+    assert (
+        bench.main(["--listings", "100", "--suppliers", "10", "--giant-min", "50", "--out", out, "--readme", ""]) == 2
+    )

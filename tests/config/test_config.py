@@ -395,6 +395,12 @@ def test_jvm_heaps_reach_spark_and_the_backfill_command():
     command = stage_command(args, "pairs", "2024-03-01", cfg.spark)
     assert command[command.index("--driver-memory") + 1] == "6g"
     assert command[command.index("--executor-memory") + 1] == "512m"
+    assert "--py-files" not in command  # local mode: the packages are importable already
+    args.py_files = "/opt/sspr/sspr_dedup.zip"
+    command = stage_command(args, "pairs", "2024-03-01", cfg.spark)
+    # spark-submit's options come before the application file
+    assert command.index("--py-files") < command.index(str(REPO / "jobs" / "pairs.py"))
+    assert command[command.index("--py-files") + 1] == "/opt/sspr/sspr_dedup.zip"
 
 
 @pytest.mark.parametrize("value", ["4", "4gb", "0g", "-1g", "four"])

@@ -282,3 +282,20 @@ def test_the_dag_reads_the_heaps_like_the_loader(airflow_home, tmp_path, monkeyp
     assert module.spark_memory("executor_memory") == load_config(conf, environ={}).spark.executor_memory
     monkeypatch.setenv("SSPR__SPARK__DRIVER_MEMORY", "8g")
     assert module.spark_memory("driver_memory") == load_config(conf).spark.driver_memory == "8g"
+
+
+def test_the_py_files_archive_reaches_every_spark_task_when_named(airflow_home, monkeypatch):
+    """$SSPR_PY_FILES (bin/build-pyfiles) becomes each task's --py-files; unset, there is none."""
+    import importlib.util
+
+    def nightly():
+        # the env var is read when the DAG file is parsed, as the dag-processor does
+        spec = importlib.util.spec_from_file_location("nightly_py_files", REPO / "dags" / "dedup_nightly.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.dedup_nightly()
+
+    monkeypatch.delenv("SSPR_PY_FILES", raising=False)
+    assert all(task.py_files is None for task in nightly().tasks)
+    monkeypatch.setenv("SSPR_PY_FILES", "/opt/sspr/sspr_dedup.zip")
+    assert [task.py_files for task in nightly().tasks] == ["/opt/sspr/sspr_dedup.zip"] * 6

@@ -91,9 +91,44 @@ def nightly(tmp_path_factory):
     logs.mkdir()
     _airflow(env, "db", "migrate", log=logs / "migrate.log")
     _airflow(env, "pools", "set", "sspr_warehouse", "1", "Spark jobs on the embedded metastore", log=logs / "pools.log")
-    for day in DAYS:
+    for day in DAYS[:-1]:
         _airflow(env, "dags", "test", "dedup_nightly", day, log=logs / f"{day}.log")
+    # The last night runs on a Spark standalone cluster (a master and a worker, each its own JVM),
+    # with the project shipped to the executors as the --py-files archive; the later tests read
+    # its output like the others', and the backfill test reruns it in local mode byte for byte.
+    cluster = root / "cluster"
+    host, port = _cluster("start", cluster).removeprefix("spark://").rsplit(":", 1)
+    try:
+        archive = subprocess.run(
+            [sys.executable, str(REPO / "bin" / "build-pyfiles"), "--out", str(root / "dist" / "sspr_dedup.zip")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        on_cluster = env | {
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+                {"conn_type": "spark", "host": f"spark://{host}", "port": int(port)}
+            ),
+            "SSPR_PY_FILES": archive,
+        }
+        _airflow(on_cluster, "dags", "test", "dedup_nightly", DAYS[-1], log=logs / f"{DAYS[-1]}.log")
+        (root / "cluster-view.json").write_text(_cluster("status", cluster))
+    finally:
+        _cluster("stop", cluster)
     return env, root / "warehouse", root
+
+
+def _cluster(action: str, folder: Path) -> str:
+    """Runs bin/spark-cluster (start / status / stop) on ``folder``; returns its output."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "spark-cluster"), action, "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"spark-cluster {action} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout.strip()
 
 
 def _table(warehouse: Path, name: str, run_date: str | None = None):
@@ -118,6 +153,20 @@ def test_row_counts_reconcile_for_every_day(nightly):
         assert e["rows_in"] == e["rows_out"] + e["rows_skipped"], day
         assert metrics["pairs"]["rows_out"] == len(_table(warehouse, "pairs", day))
         assert metrics["groups"]["rows_out"] == len(_table(warehouse, "groups", day))
+
+
+def test_the_last_night_ran_on_the_standalone_cluster_from_the_archive(nightly):
+    """Each of its six stages was an application of the cluster's master, and its executor on
+    the worker was given the --py-files archive (what it imported the project from)."""
+    _, _, root = nightly
+    view = json.loads((root / "cluster-view.json").read_text())
+    apps = view["completedapps"]
+    stages = ("validate", "embed", "catalog", "pairs", "groups", "report")
+    assert sorted(a["name"] for a in apps) == sorted(f"sspr-{s}-{DAYS[-1]}" for s in stages)
+    assert all(a["state"] == "FINISHED" for a in apps), [(a["name"], a["state"]) for a in apps]
+    for app in apps:
+        shipped = list((root / "cluster" / "work" / app["id"]).glob("*/sspr_dedup.zip"))
+        assert shipped, f"{app['name']}: no executor of {app['id']} received the archive"
 
 
 def test_the_catalogue_stays_inside_the_vector_budget(nightly):
