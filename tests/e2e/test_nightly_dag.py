@@ -97,8 +97,8 @@ def nightly(tmp_path_factory):
     # with the project shipped to the executors as the --py-files archive; the later tests read
     # its output like the others', and the backfill test reruns it in local mode byte for byte.
     cluster = root / "cluster"
-    host, port = _cluster("start", cluster).removeprefix("spark://").rsplit(":", 1)
     try:
+        host, port = _cluster("start", cluster).removeprefix("spark://").rsplit(":", 1)
         archive = subprocess.run(
             [sys.executable, str(REPO / "bin" / "build-pyfiles"), "--out", str(root / "dist" / "sspr_dedup.zip")],
             check=True,
@@ -127,7 +127,9 @@ def _cluster(action: str, folder: Path) -> str:
         check=False,
         timeout=300,
     )
-    assert proc.returncode == 0, f"spark-cluster {action} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"spark-cluster {action} failed (rc {proc.returncode}):\n{proc.stdout[-1000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout.strip()
 
 
