@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install browser nightly review lint test test-fast evaluate train lexical verifier pyfiles clean help
+.PHONY: install browser postgres nightly review lint test test-fast evaluate train lexical verifier pyfiles clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,6 +34,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 browser:  ## apt-get install chromium + chromedriver for the review app's browser test (no-op when present)
 	bin/install-browser
 
+postgres:  ## apt-get install postgresql + its JDBC driver for the shared-metastore tests (no-op when present)
+	bin/install-postgres
+
 nightly: install  ## run the nightly DAG (airflow dags test) over every sample day, then print a summary
 	bin/run-sample-nightly
 
@@ -47,10 +50,10 @@ lint: install  ## ruff lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint browser  ## lint, then the whole test suite (unit, Spark, DAG and end-to-end)
+test: lint browser postgres  ## lint, then the whole test suite (unit, Spark, DAG and end-to-end)
 	$(BIN)/python -m pytest
 
-test-fast: lint browser  ## lint, then the tests without the end-to-end DAG run
+test-fast: lint browser postgres  ## lint, then the tests without the end-to-end DAG run
 	$(BIN)/python -m pytest -m "not e2e"
 
 evaluate: install  ## measure match quality on ../shared/datasets: bench/results/quality.json + bench/README.md

@@ -42,6 +42,11 @@ class WarehouseConfig:
     database: str = "dedup"  # Hive database holding every table
     metastore_uris: str = ""  # thrift://host:9083 of an external Hive metastore; "" = embedded
     metastore_jdbc_url: str = ""  # JDBC URL of a metastore DB; "" = Derby in paths.metastore_dir
+    # with metastore_jdbc_url (e.g. PostgreSQL from bin/metastore-db): its login, and the JDBC
+    # driver's jar(s) for the driver JVM's class path (":"-separated)
+    metastore_user: str = ""
+    metastore_password: str = ""  # prefer SSPR__WAREHOUSE__METASTORE_PASSWORD; never written out
+    metastore_jdbc_jars: str = ""
     # catalog / live_pairs folders per run date: pmod(xxhash64(supplier_id), supplier_buckets), so
     # the pairs stage reads the day's suppliers' vectors without scanning everyone's
     supplier_buckets: int = 16
@@ -264,5 +269,11 @@ class PipelineConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self) -> str:
-        """Returns the config as indented JSON, for writing next to a stage's output."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """Returns the config as indented JSON, for writing next to a stage's output.
+
+        The metastore password is replaced by ``"***"`` (set or not): the file is a record, not a secret.
+        """
+        data = self.to_dict()
+        if data["warehouse"]["metastore_password"]:
+            data["warehouse"]["metastore_password"] = "***"
+        return json.dumps(data, indent=2, sort_keys=True)

@@ -30,14 +30,17 @@ once per Airflow metadata database, before the first run (idempotent):
 
 The scheduler does not start a task whose pool does not exist (it stays scheduled and the
 scheduler logs "Tasks using non-existent pool"); `airflow dags test` ignores pools and runs the
-tasks one after another. With an external metastore (`warehouse.metastore_uris`) the pool can be
-given more slots.
+tasks one after another. With a metastore that admits several applications at once — a Hive
+metastore service (`warehouse.metastore_uris`) or a database server (`warehouse.metastore_jdbc_url`,
+e.g. PostgreSQL from `bin/metastore-db`) — give the pool more slots, e.g.
+`airflow pools set sspr_warehouse 4 "..."`: a backfill and the nightly then run side by side.
 
 Config: the TOML file in `$SSPR_CONFIG` (default `conf/sspr.toml` beside `dags/`); Spark master from
 the Airflow connection `spark_default`; the JVM heaps (`--driver-memory`, `--executor-memory`) from
 its `[spark]` keys `driver_memory` / `executor_memory`; on a cluster, the project's packages from the
 archive `$SSPR_PY_FILES` names (`make pyfiles` builds `var/dist/sspr_dedup.zip`), passed as
-`--py-files`. Params: `min_similarity` overrides the config's threshold
+`--py-files`; with a metastore database, its JDBC driver jars (`[warehouse] metastore_jdbc_jars`) as
+`--driver-class-path`. Params: `min_similarity` overrides the config's threshold
 for a manual run.
 """
 
@@ -58,18 +61,23 @@ STAGES = ("validate", "embed", "catalog", "pairs", "groups", "report")  # jobs.s
 WAREHOUSE_POOL = "sspr_warehouse"
 
 
-def spark_memory(key: str, default: str = "4g") -> str:
-    """Returns ``[spark] <key>`` of the config file (an ``SSPR__SPARK__<KEY>`` env var wins), for
-    spark-submit's --driver-memory / --executor-memory: the JVM starts before the job reads its
-    config. Stdlib only, so parsing the DAG stays light; a test keeps it equal to load_config."""
-    override = os.environ.get(f"SSPR__SPARK__{key.upper()}")
+def config_value(section: str, key: str, default: str) -> str:
+    """Returns ``[section] key`` of the config file (an ``SSPR__SECTION__KEY`` env var wins), for
+    spark-submit options the JVM needs before the job reads its config. Stdlib only, so parsing
+    the DAG stays light; a test keeps it equal to load_config."""
+    override = os.environ.get(f"SSPR__{section.upper()}__{key.upper()}")
     if override:
         return override
     try:
         with open(CONFIG, "rb") as handle:
-            return str(tomllib.load(handle).get("spark", {}).get(key, default))
+            return str(tomllib.load(handle).get(section, {}).get(key, default))
     except (OSError, tomllib.TOMLDecodeError):
         return default  # the job itself reports a missing or broken config clearly
+
+
+def spark_memory(key: str, default: str = "4g") -> str:
+    """Returns ``[spark] <key>``: spark-submit's --driver-memory / --executor-memory."""
+    return config_value("spark", key, default)
 
 
 # The --py-files archive for executors on a cluster (bin/build-pyfiles); unset = none (local mode).
@@ -112,6 +120,8 @@ def dedup_nightly():
             driver_memory=spark_memory("driver_memory"),
             executor_memory=spark_memory("executor_memory"),
             py_files=PY_FILES,
+            # the metastore database's JDBC driver (warehouse.metastore_jdbc_jars), for the Hive client
+            driver_class_path=config_value("warehouse", "metastore_jdbc_jars", "") or None,
             pool=WAREHOUSE_POOL,
             pool_slots=1,
             application_args=[

@@ -51,10 +51,13 @@ def run_dates(start: str, end: str) -> list[str]:
     return [(first + dt.timedelta(days=k)).isoformat() for k in range(days)]
 
 
-def stage_command(args, stage: str, run_date: str, spark: SparkConfig | None = None) -> list[str]:
+def stage_command(
+    args, stage: str, run_date: str, spark: SparkConfig | None = None, driver_class_path: str = ""
+) -> list[str]:
     """Returns the spark-submit command line of one stage for one date, as the nightly DAG runs it.
 
-    ``spark`` gives the JVM heaps (``spark.driver_memory`` / ``executor_memory``; defaults when None).
+    ``spark`` gives the JVM heaps (``spark.driver_memory`` / ``executor_memory``; defaults when None);
+    ``driver_class_path`` the metastore's JDBC driver jars (``warehouse.metastore_jdbc_jars``).
     """
     spark = spark or SparkConfig()
     command = [
@@ -68,6 +71,7 @@ def stage_command(args, stage: str, run_date: str, spark: SparkConfig | None = N
         "--name",
         f"sspr-{stage}-{run_date}",
         *(["--py-files", args.py_files] if getattr(args, "py_files", None) else []),
+        *(["--driver-class-path", driver_class_path] if driver_class_path else []),
         str(REPO / "jobs" / f"{stage}.py"),
         "--run-date",
         run_date,
@@ -85,7 +89,7 @@ def stage_command(args, stage: str, run_date: str, spark: SparkConfig | None = N
     return command
 
 
-def backfill(args, spark: SparkConfig | None = None) -> int:
+def backfill(args, spark: SparkConfig | None = None, driver_class_path: str = "") -> int:
     """Runs every stage of every date in order; returns 0, or the failed stage's exit code."""
     dates = run_dates(args.start_date, args.end_date)
     if shutil.which(args.spark_submit) is None and not Path(args.spark_submit).is_file():
@@ -96,7 +100,7 @@ def backfill(args, spark: SparkConfig | None = None) -> int:
         for stage in PIPELINE_STAGES:
             t0 = time.monotonic()
             log.info("backfill %d/%d %s %s: running", k, len(dates), run_date, stage)
-            proc = subprocess.run(stage_command(args, stage, run_date, spark), check=False)
+            proc = subprocess.run(stage_command(args, stage, run_date, spark, driver_class_path), check=False)
             if proc.returncode != 0:
                 log.error(
                     "backfill stopped: %s %s exited %d (its log is above); fix it and rerun the same "
@@ -136,7 +140,13 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     """Runs the backfill from the command line; returns the exit code."""
     parser = build_parser()
-    return run_command("backfill", lambda args, config: backfill(args, config.spark), argv, parser, log)
+    return run_command(
+        "backfill",
+        lambda args, config: backfill(args, config.spark, config.warehouse.metastore_jdbc_jars),
+        argv,
+        parser,
+        log,
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The SparkSession factory: Hive support, the warehouse location and GPU scheduling from config.
 
 Default (one machine): an embedded Derby metastore under ``paths.metastore_dir`` and table data
-under ``paths.warehouse_dir``. On a cluster set ``warehouse.metastore_uris`` (or
-``warehouse.metastore_jdbc_url``) and ``paths.warehouse_dir`` to shared storage; nothing else
-changes. Embedded Derby admits one JVM at a time, so jobs on it must not overlap: every stage
-takes ``hold_metastore_lock`` before it starts Spark, and a second job (a manual rerun while the
-nightly run is going, another DAG's task) waits its turn instead of failing on a Derby lock.
+under ``paths.warehouse_dir``. On a cluster set ``warehouse.metastore_uris`` (a Hive metastore
+service) or ``warehouse.metastore_jdbc_url`` (a database server, e.g. PostgreSQL from
+``bin/metastore-db``) and ``paths.warehouse_dir`` to shared storage; nothing else changes.
+Embedded Derby admits one JVM at a time, so jobs on it must not overlap: every stage takes
+``hold_metastore_lock`` before it starts Spark, and a second job (a manual rerun while the nightly
+run is going, another DAG's task) waits its turn instead of failing on a Derby lock.
 """
 
 from __future__ import annotations
@@ -90,20 +91,80 @@ def spark_conf(config: PipelineConfig) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
-    if config.warehouse.metastore_uris:
-        conf["spark.hadoop.hive.metastore.uris"] = config.warehouse.metastore_uris
+    warehouse = config.warehouse
+    if warehouse.metastore_uris:
+        conf["spark.hadoop.hive.metastore.uris"] = warehouse.metastore_uris
+    elif warehouse.metastore_jdbc_url:
+        conf.update(jdbc_metastore_conf(config))
     else:
-        url = config.warehouse.metastore_jdbc_url or (
+        # Only the spark.hadoop.-prefixed key reaches the metastore client (docs/STACK.md section 2).
+        conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = (
             f"jdbc:derby:;databaseName={config.paths.metastore_dir}/metastore_db;create=true"
         )
-        # Only the spark.hadoop.-prefixed key reaches the metastore client (docs/STACK.md section 2).
-        conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = url
     if config.spark.executor_gpus > 0:
         conf["spark.executor.resource.gpu.amount"] = str(config.spark.executor_gpus)
         conf["spark.task.resource.gpu.amount"] = str(config.spark.task_gpus or 1)
         if config.spark.gpu_discovery_script:
             conf["spark.executor.resource.gpu.discoveryScript"] = config.spark.gpu_discovery_script
     conf.update(config.spark.conf)
+    return conf
+
+
+JDBC_DRIVERS = {
+    "postgresql": "org.postgresql.Driver",
+    "mysql": "com.mysql.cj.jdbc.Driver",
+    "mariadb": "org.mariadb.jdbc.Driver",
+    "derby": "org.apache.derby.jdbc.EmbeddedDriver",
+}
+
+
+def jdbc_metastore_conf(config: PipelineConfig) -> dict[str, str]:
+    """Returns the settings of a metastore kept in a database server (``warehouse.metastore_jdbc_url``).
+
+    The JDBC driver class follows from the URL (``jdbc:postgresql:`` -> ``org.postgresql.Driver``).
+    The database must hold the metastore's tables already (``bin/metastore-db start`` creates
+    them): DataNucleus' lazy ``schema.autoCreateAll`` deadlocks on PostgreSQL, so jobs never
+    create tables there, and they run side by side on a fixed schema. The driver's jar goes on the driver JVM's class path, which only
+    takes effect when this process starts the JVM: under spark-submit, pass it as
+    ``--driver-class-path`` (the DAGs and ``jobs.backfill`` do, from ``metastore_jdbc_jars``).
+
+    Args:
+        config: the pipeline config, with ``warehouse.metastore_jdbc_url`` set.
+
+    Returns:
+        ``spark.hadoop.*`` metastore keys and ``spark.driver.extraClassPath`` when jars are set.
+
+    Raises:
+        ValueError: for a URL that is not ``jdbc:<kind>:...`` of a known kind.
+    """
+    warehouse = config.warehouse
+    url = warehouse.metastore_jdbc_url
+    kind = url.split(":")[1] if url.startswith("jdbc:") and url.count(":") >= 2 else ""
+    if kind not in JDBC_DRIVERS:
+        raise ValueError(
+            f"warehouse.metastore_jdbc_url={url!r}: expected jdbc:<kind>:... with kind one of "
+            f"{', '.join(sorted(JDBC_DRIVERS))} (e.g. jdbc:postgresql://127.0.0.1:5433/sspr_metastore)"
+        )
+    conf = {
+        # Only the spark.hadoop.-prefixed keys reach the metastore client (docs/STACK.md section 2).
+        "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": JDBC_DRIVERS[kind],
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+        # Hive's direct-SQL partition filter casts every table's partition values at a numeric key's
+        # position (catalog's int bucket) and PostgreSQL fails on run_metrics' "validate"; its ORM
+        # path filters string keys only, so an int-key filter falls back to listing the table's
+        # partitions and filtering them in Spark (what Derby gets from direct SQL anyway).
+        "spark.hadoop.hive.metastore.try.direct.sql": "false",
+        "spark.sql.hive.metastorePartitionPruningFallbackOnException": "true",
+        "spark.sql.hive.metastorePartitionPruningFastFallback": "true",  # partition names, then Spark's filter
+    }
+    if warehouse.metastore_user:
+        conf["spark.hadoop.javax.jdo.option.ConnectionUserName"] = warehouse.metastore_user
+    if warehouse.metastore_password:
+        conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = warehouse.metastore_password
+    if warehouse.metastore_jdbc_jars:
+        conf["spark.driver.extraClassPath"] = warehouse.metastore_jdbc_jars
     return conf
 
 
@@ -143,7 +204,51 @@ def build_spark(config: PipelineConfig, app_name: str):
         spark.sparkContext._jvm.java.lang.System.setProperty("derby.system.home", config.paths.metastore_dir)
     log.info("spark session %s ready (master %s)", app_name, spark.sparkContext.master)
     check_driver_memory(spark, config)
+    if config.warehouse.metastore_jdbc_url and not config.warehouse.metastore_uris:
+        check_jdbc_metastore(spark, config)
     return spark
+
+
+def check_jdbc_metastore(spark, config: PipelineConfig) -> None:
+    """Checks that the metastore database answers and holds the Hive tables, before any query.
+
+    Without it a stopped server or an empty database surfaces later as a long Hive stack trace
+    (or, with an empty database, as a hang: see ``jdbc_metastore_conf``).
+
+    Raises:
+        DedupError: the database does not answer, its driver is missing, or it has no Hive
+            metastore tables; the message says what to do.
+    """
+    from py4j.protocol import Py4JJavaError
+
+    from config.errors import DedupError
+
+    warehouse = config.warehouse
+    url = warehouse.metastore_jdbc_url
+    jvm = spark.sparkContext._jvm
+    try:
+        connection = jvm.java.sql.DriverManager.getConnection(
+            url, warehouse.metastore_user or None, warehouse.metastore_password or None
+        )
+    except Py4JJavaError as error:
+        reason = error.java_exception.getMessage()
+        hint = (
+            "put the JDBC driver's jar in warehouse.metastore_jdbc_jars (e.g. /usr/share/java/postgresql.jar) "
+            "and pass it to spark-submit as --driver-class-path"
+            if "No suitable driver" in str(reason)
+            else "start it (.venv/bin/python bin/metastore-db start) or fix warehouse.metastore_jdbc_url / "
+            "metastore_user / metastore_password"
+        )
+        raise DedupError(f"the metastore database {url} does not answer ({reason}): {hint}") from None
+    try:
+        found = connection.getMetaData().getTables(None, None, "DBS", None).next()
+    finally:
+        connection.close()
+    if not found:
+        raise DedupError(
+            f"the metastore database {url} has no Hive metastore tables (no DBS table): create them with "
+            ".venv/bin/python bin/metastore-db start (a new server), or Hive's schematool for a server of your own"
+        )
 
 
 def choose_master(config: PipelineConfig, environ) -> str | None:

@@ -51,16 +51,34 @@ def ensure_tables(spark, database: str, names: list[str] | None = None) -> None:
     if not wanted:
         return
     if (id(spark), database, "") not in _ENSURED:
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        create_if_missing(spark, f"CREATE DATABASE IF NOT EXISTS `{database}`")
         _ENSURED.add((id(spark), database, ""))
     for name in wanted:
         _ENSURED.add((id(spark), database, name))
         spec = TABLES[name]
-        spark.sql(
+        create_if_missing(
+            spark,
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` ({to_ddl(spec.schema)}) "
-            f"USING parquet PARTITIONED BY ({', '.join(spec.partition_by)})"
+            f"USING parquet PARTITIONED BY ({', '.join(spec.partition_by)})",
         )
         upgrade_table(spark, database, spec)
+
+
+def create_if_missing(spark, statement: str) -> None:
+    """Runs a ``CREATE ... IF NOT EXISTS`` that another application may be running at the same time.
+
+    On a shared metastore two jobs can both see the table missing and both create it; the
+    metastore then refuses the second, which Spark reports as "already exists" although the
+    statement said IF NOT EXISTS. The object exists either way, which is all the caller asked.
+    """
+    from pyspark.errors import AnalysisException
+
+    try:
+        spark.sql(statement)
+    except AnalysisException as error:
+        if "ALREADY_EXISTS" not in (error.getCondition() or "") and "already exists" not in str(error):
+            raise
+        log.info("created by another job at the same time: %s", statement.split("(")[0].strip())
 
 
 def upgrade_table(spark, database: str, spec: TableSpec) -> None:

@@ -299,3 +299,25 @@ def test_the_py_files_archive_reaches_every_spark_task_when_named(airflow_home, 
     assert all(task.py_files is None for task in nightly().tasks)
     monkeypatch.setenv("SSPR_PY_FILES", "/opt/sspr/sspr_dedup.zip")
     assert [task.py_files for task in nightly().tasks] == ["/opt/sspr/sspr_dedup.zip"] * 6
+
+
+def test_the_metastore_jdbc_driver_reaches_every_spark_task_when_configured(airflow_home, tmp_path, monkeypatch):
+    """[warehouse] metastore_jdbc_jars (bin/metastore-db) becomes each task's --driver-class-path."""
+    import importlib.util
+
+    def nightly():
+        spec = importlib.util.spec_from_file_location("nightly_jdbc", REPO / "dags" / "dedup_nightly.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.dedup_nightly()
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('[warehouse]\nmetastore_jdbc_jars = "/usr/share/java/postgresql.jar"\n')
+    monkeypatch.delenv("SSPR__WAREHOUSE__METASTORE_JDBC_JARS", raising=False)
+    monkeypatch.setenv("SSPR_CONFIG", str(conf))
+    assert [task.driver_class_path for task in nightly().tasks] == ["/usr/share/java/postgresql.jar"] * 6
+    monkeypatch.setenv("SSPR__WAREHOUSE__METASTORE_JDBC_JARS", "/opt/jdbc/pg.jar")
+    assert {task.driver_class_path for task in nightly().tasks} == {"/opt/jdbc/pg.jar"}
+    conf.write_text("")
+    monkeypatch.delenv("SSPR__WAREHOUSE__METASTORE_JDBC_JARS")
+    assert all(task.driver_class_path is None for task in nightly().tasks)

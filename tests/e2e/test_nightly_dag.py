@@ -4,7 +4,8 @@ Runs every sample day in ``examples/listings`` through Airflow into a warehouse 
 checks from the warehouse tables that row counts reconcile, the known quarantine rows are
 quarantined with the right rule, known duplicates from the ground truth are grouped, groups are
 the whole catalogue's and keep their ids while they grow, and the dedup_backfill DAG rerunning the
-later days gives byte-identical tables (content hashes). Takes about 20 minutes (30 Spark jobs);
+later days gives byte-identical tables (content hashes). As on a cluster, the metastore is
+PostgreSQL (bin/metastore-db) and the last night runs on a Spark standalone cluster. Takes about 20 minutes (30 Spark jobs);
 marked ``e2e`` and ``slow``.
 """
 
@@ -15,14 +16,18 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+
+from jobs.stage import PIPELINE_STAGES as STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -56,8 +61,40 @@ def _airflow(env: dict[str, str], *args: str, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory):
-    """Runs the DAG for every sample day; returns (env, warehouse dir, logs dir)."""
+    """Runs the DAG for every sample day; yields (env, warehouse dir, root dir).
+
+    The warehouse's metastore is PostgreSQL (bin/metastore-db, up for the whole module), as on a
+    cluster, where several applications use it at once; the default embedded Derby is what the
+    Spark tests elsewhere run on.
+    """
     root = tmp_path_factory.mktemp("e2e")
+    # under /tmp, not pytest's 0700 folder: run as root, the server runs as user postgres
+    metastore_db = Path(tempfile.mkdtemp(prefix="sspr-e2e-metastore-"))
+    try:
+        settings = json.loads(_metastore_db("start", metastore_db, "--format", "json"))
+        (root / "metastore-db.json").write_text(json.dumps({"dir": str(metastore_db), **settings}))
+        yield _run_nights(root, settings)
+    finally:
+        _metastore_db("stop", metastore_db)
+        shutil.rmtree(metastore_db, ignore_errors=True)
+
+
+def _metastore_db(action: str, folder: Path, *args: str) -> str:
+    """Runs bin/metastore-db (start / stop) on ``folder``; returns its output."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "metastore-db"), action, "--dir", str(folder), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"metastore-db {action} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _run_nights(root: Path, metastore_settings: dict[str, str]):
+    """Runs the nightly DAG over every sample day, the last on a standalone cluster; returns
+    (env, warehouse dir, root dir)."""
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env.update(
@@ -82,6 +119,7 @@ def nightly(tmp_path_factory):
             "SSPR_FAIL_ONCE": "pairs",
             "SSPR_FAIL_ONCE_DIR": str(root / "drill"),
             "SSPR_RETRY_DELAY_S": "1",
+            **metastore_settings,
         }
     )
     for day in DAYS[1:]:  # only the first day fails: mark the others as already failed once
@@ -90,7 +128,7 @@ def nightly(tmp_path_factory):
     logs = root / "logs"
     logs.mkdir()
     _airflow(env, "db", "migrate", log=logs / "migrate.log")
-    _airflow(env, "pools", "set", "sspr_warehouse", "1", "Spark jobs on the embedded metastore", log=logs / "pools.log")
+    _airflow(env, "pools", "set", "sspr_warehouse", "2", "Spark jobs on the shared metastore", log=logs / "pools.log")
     for day in DAYS[:-1]:
         _airflow(env, "dags", "test", "dedup_nightly", day, log=logs / f"{day}.log")
     # The last night runs on a Spark standalone cluster (a master and a worker, each its own JVM),
@@ -163,12 +201,29 @@ def test_the_last_night_ran_on_the_standalone_cluster_from_the_archive(nightly):
     _, _, root = nightly
     view = json.loads((root / "cluster-view.json").read_text())
     apps = view["completedapps"]
-    stages = ("validate", "embed", "catalog", "pairs", "groups", "report")
-    assert sorted(a["name"] for a in apps) == sorted(f"sspr-{s}-{DAYS[-1]}" for s in stages)
+    assert sorted(a["name"] for a in apps) == sorted(f"sspr-{s}-{DAYS[-1]}" for s in STAGES)
     assert all(a["state"] == "FINISHED" for a in apps), [(a["name"], a["state"]) for a in apps]
     for app in apps:
         shipped = list((root / "cluster" / "work" / app["id"]).glob("*/sspr_dedup.zip"))
         assert shipped, f"{app['name']}: no executor of {app['id']} received the archive"
+
+
+def test_the_warehouse_metastore_is_the_postgres_server(nightly):
+    """Every night's partitions are registered in PostgreSQL, and no Derby database was made."""
+    _, _, root = nightly
+    assert not (root / "metastore" / "metastore_db").exists()
+    info = json.loads((root / "metastore-db.json").read_text())
+    state = json.loads((Path(info["dir"]) / "metastore-db.json").read_text())
+    psql = max(Path("/usr/lib/postgresql").glob("*/bin/psql"))
+    proc = subprocess.run(
+        [str(psql), "-h", "127.0.0.1", "-p", str(state["port"]), "-U", state["user"], "-d", "sspr_metastore",
+         "-tAc", 'SELECT "PART_NAME" FROM "PARTITIONS"'],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PGPASSWORD": info["SSPR__WAREHOUSE__METASTORE_PASSWORD"]},
+    )  # fmt: skip
+    parts = set(proc.stdout.split())
+    for day in DAYS:
+        assert {f"run_date={day}/stage={s}" for s in STAGES} <= parts, day
 
 
 def test_the_catalogue_stays_inside_the_vector_budget(nightly):
