@@ -1,6 +1,6 @@
 """The nightly end to end at three catalogue sizes, in Spark local mode: seconds and peak memory per stage.
 
-    .venv/bin/python bench/end_to_end_scale.py                    # sizes 2000,6000,20000 (about 30 minutes)
+    .venv/bin/python bench/end_to_end_scale.py                    # sizes 1000,3000,10000 (about 30 minutes)
     .venv/bin/python bench/end_to_end_scale.py --sizes 300,600,900 --readme ''   # a quick look
     # writes bench/results/end_to_end_scale.json and the table in bench/README.md
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/end_to_end_scale.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", default="2000,6000,20000", help="catalogue sizes, comma-separated (night 2 brings a tenth)"
+        "--sizes", default="1000,3000,10000", help="catalogue sizes, comma-separated (night 2 brings a tenth)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="where the warehouses go (default: a temp dir)")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = [run_size(c, workdir, args.seed) for c in sizes]
     result = {
         "command": "python bench/end_to_end_scale.py"
-        + ("" if args.sizes == "2000,6000,20000" else f" --sizes {args.sizes}"),
+        + ("" if args.sizes == "1000,3000,10000" else f" --sizes {args.sizes}"),
         "cpus": os.cpu_count(),
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
         "sizes": measured,

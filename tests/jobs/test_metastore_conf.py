@@ -77,3 +77,20 @@ def test_the_backfill_passes_the_jdbc_jars_as_driver_class_path():
         assert command[command.index("--driver-class-path") + 1] == JAR
         assert command.index("--driver-class-path") < command.index("--run-date")
     assert "--driver-class-path" not in stage_command(args, "pairs", "2024-03-01")
+
+
+@pytest.mark.spark
+def test_a_table_another_job_created_first_is_no_error_but_other_failures_are(spark):
+    """What a shared metastore answers when two jobs create one table at once: "already exists"."""
+    from pyspark.errors import AnalysisException
+
+    from jobs.warehouse import create_if_missing
+
+    spark.sql("CREATE DATABASE IF NOT EXISTS race_test")
+    statement = "CREATE TABLE race_test.t (a INT) USING parquet"  # no IF NOT EXISTS: the loser's view
+    create_if_missing(spark, statement)
+    create_if_missing(spark, statement)  # exists now: the metastore refuses, the caller gets its table
+    assert spark.table("race_test.t").columns == ["a"]
+    with pytest.raises(AnalysisException):
+        create_if_missing(spark, "CREATE TABLE race_test.u (a NO_SUCH_TYPE) USING parquet")
+    spark.sql("DROP DATABASE race_test CASCADE")
