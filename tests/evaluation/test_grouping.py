@@ -143,4 +143,4 @@ def test_evaluate_grouping_without_a_verifier_only_warns(caplog):
     run = Run(shared=Path("."), methods=None, target_precision=0.9)
     with caplog.at_level(logging.WARNING):
         evaluate_grouping(run)
-    assert run.records == [] and "verifier" in caplog.text
+    assert run.records == [] and "verifier" in "\n".join(caplog.messages)

@@ -23,4 +23,4 @@ def test_a_driver_heap_smaller_than_configured_is_warned_about(spark, pipeline_c
     )
     with caplog.at_level(logging.WARNING, logger="jobs.spark"):
         check_driver_memory(spark, bigger)
-    assert "--driver-memory 512g" in caplog.text
+    assert "--driver-memory 512g" in "\n".join(caplog.messages)
