@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from config.errors import DedupError
 from dedup.config import DedupConfig
@@ -269,24 +270,27 @@ def find_block_pairs(
     # Float rounding can put a dot product of unit vectors at 1.0000001; the contract says [-1, 1].
     similarity_columns = ["similarity_m", "similarity_t", "similarity_i"]
     out[similarity_columns] = out[similarity_columns].clip(-1.0, 1.0)
-    counted = empty_frame(PAIR_SEARCH_ROWS).reindex(range(1))
-    counted = counted.assign(kind="candidates", supplier_id=supplier_id, model_version=model_version)
-    counted["candidates"] = candidates
-    counted["queries"] = len(queries)
-    counted["catalogue_rows"] = len(catalogue)
-    counted["dim"] = index_m.shape[1]
-    counted["search_seconds"] = search_seconds
-    out = pd.concat([out, counted], ignore_index=True)
-    if saturated:
-        flagged = empty_frame(PAIR_SEARCH_ROWS).reindex(range(len(saturated)))
-        flagged = flagged.assign(
-            kind="saturated",
-            supplier_id=supplier_id,
-            listing_id_l=pd.Series(saturated, dtype=object),
-            model_version=model_version,
-        )
-        flagged[[*similarity_columns, "match_score"]] = np.nan
-        out = pd.concat([out, flagged], ignore_index=True)
+    counted = {
+        "kind": ["candidates"],
+        "supplier_id": [supplier_id],
+        "model_version": [model_version],
+        "candidates": [candidates],
+        "queries": [len(queries)],
+        "catalogue_rows": [len(catalogue)],
+        "dim": [index_m.shape[1]],
+        "search_seconds": [search_seconds],
+    }
+    flagged = {
+        "kind": ["saturated"] * len(saturated),
+        "supplier_id": [supplier_id] * len(saturated),
+        "listing_id_l": list(saturated),
+        "model_version": [model_version] * len(saturated),
+    }
+    # Typed Arrow parts, then one frame: concatenating pandas parts with all-null columns makes
+    # pandas guess (and warn about) their dtypes.
+    parts = [pa.Table.from_pandas(out, schema=PAIR_SEARCH_ROWS, preserve_index=False)]
+    parts += [_search_rows(counted), _search_rows(flagged)]
+    out = pa.concat_tables(parts).to_pandas()
     for column in ("candidates", "queries", "catalogue_rows", "dim"):
         out[column] = out[column].astype("Int64")  # nullable: null on pair rows
     log.info(
@@ -301,6 +305,18 @@ def find_block_pairs(
         time.monotonic() - started,
     )
     return out
+
+
+def _search_rows(columns: dict[str, list]) -> pa.Table:
+    """A ``PAIR_SEARCH_ROWS`` table from the given columns; the others null."""
+    n = len(columns["kind"])
+    return pa.table(
+        {
+            f.name: pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type)
+            for f in PAIR_SEARCH_ROWS
+        },
+        schema=PAIR_SEARCH_ROWS,
+    )
 
 
 def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date: str, encoder_config: EncoderConfig):

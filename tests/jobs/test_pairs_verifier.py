@@ -22,6 +22,9 @@ from jobs.pairs import check_verifier, find_block_pairs, summarise_search
 from schemas.tables import PAIR_SEARCH_ROWS
 from schemas.vectors import pack_vectors
 
+# the block output is built from typed parts: pandas dtype guessing (a FutureWarning) is a regression
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
+
 
 def _code_verifier(path, model_version="mv") -> None:
     """p = sigmoid(+3) when code_min > 0.5, else sigmoid(-3); a missing code counts as no match."""
