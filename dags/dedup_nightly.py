@@ -18,7 +18,9 @@ For the logical date D (the day of listings, `{{ ds }}`) it runs six Spark jobs,
 Every task replaces exactly D's partitions, so rerunning the latest day (Clear in the UI, or
 `airflow dags test dedup_nightly D`) is safe and gives the same tables. An earlier day is refused
 (later days were built on it): rerun it with the `dedup_backfill` DAG, which reruns every later
-day in order. Tasks retry twice. One run at a time: the default embedded Derby metastore admits
+day in order. Tasks retry twice after a crash (exit 1); a known problem the job logged (exit 2:
+a refused rerun, a broken config, a stopped metastore server) fails the task at once, since a
+retry cannot fix it. One run at a time: the default embedded Derby metastore admits
 one Spark application at a time.
 
 Every Spark task takes the one slot of the Airflow pool `sspr_warehouse`, so Spark jobs that open
@@ -53,6 +55,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from airflow.sdk.exceptions import AirflowFailException
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = os.environ.get("SSPR_CONFIG", str(REPO / "conf" / "sspr.toml"))
@@ -87,6 +90,31 @@ PY_FILES = os.environ.get("SSPR_PY_FILES") or None
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300")))
 
 
+# jobs' exit code for a known problem (config.command.run_command): the job logged what a person
+# must do (a refused rerun of an earlier date, a broken config, a stopped metastore server).
+KNOWN_PROBLEM_EXIT = 2
+
+
+class StageSubmitOperator(SparkSubmitOperator):
+    """spark-submit of one stage job; a known problem (exit 2) fails the task at once, unretried.
+
+    A retry cannot fix what the job reported as needing a person, and each attempt would cost a
+    Spark start-up; any other failure (a crash, a lost executor: exit 1) is retried as usual.
+    """
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except Exception as error:
+            process = getattr(self._hook, "_submit_sp", None)  # the hook's spark-submit process
+            if process is not None and process.returncode == KNOWN_PROBLEM_EXIT:
+                raise AirflowFailException(
+                    f"{self.task_id}: the job reported a known problem (exit {KNOWN_PROBLEM_EXIT}); the task "
+                    "log above says what to do. Not retried: fix it, then clear this task"
+                ) from error
+            raise
+
+
 @dag(
     dag_id=Path(__file__).stem,
     doc_md=__doc__,
@@ -112,7 +140,7 @@ RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("SSPR_RETRY_DELAY_S", "300
 def dedup_nightly():
     previous = None
     for stage in STAGES:
-        task = SparkSubmitOperator(
+        task = StageSubmitOperator(
             task_id=stage,
             application=str(REPO / "jobs" / f"{stage}.py"),
             conn_id="spark_default",
