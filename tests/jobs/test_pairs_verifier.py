@@ -18,6 +18,7 @@ from dedup.config import DedupConfig
 from dedup.features import FEATURE_NAMES
 from dedup.verifier import Tree, Verifier, save_verifier
 from encoder.config import EncoderConfig
+from jobs import pairs
 from jobs.pairs import check_verifier, find_block_pairs, summarise_search
 from schemas.tables import PAIR_SEARCH_ROWS
 from schemas.vectors import pack_vectors
@@ -80,6 +81,45 @@ def test_verified_block_keeps_the_candidates_the_verifier_accepts(tmp_path):
     plain = find_block_pairs(("s1", 0), queries, catalogue, DedupConfig(min_similarity=0.5), EncoderConfig())
     plain_pairs = plain[plain["kind"] == "pair"]
     assert len(plain_pairs) == 3 and plain_pairs["match_score"].isna().all()
+
+
+def test_a_supplier_catalogue_is_vectorised_once_for_all_its_query_blocks(tmp_path):
+    """Blocks of one supplier share its catalogue's vectors on a worker; a changed catalogue does not."""
+    _code_verifier(tmp_path / "v.json")
+    catalogue = _catalogue()
+    dedup = DedupConfig(
+        min_similarity=0.5, verifier=str(tmp_path / "v.json"), min_probability=0.0, max_results_per_query=2
+    )
+    hybrid = EncoderConfig(lexical_weight=0.2, lexical_buckets=64)
+    blocks = [catalogue.loc[[0, 1], ["listing_id"]], catalogue.loc[[2, 3], ["listing_id"]]]
+    blocks = [b.assign(model_version="mv") for b in blocks]
+
+    pairs._WORKER_CACHE.clear()
+    fresh = []
+    for number, block in enumerate(blocks):  # each block computed from scratch, as without the cache
+        pairs._WORKER_CACHE.pop(("catalogue",), None)
+        fresh.append(find_block_pairs(("s1", number), block, catalogue, dedup, hybrid))
+    pairs._WORKER_CACHE.clear()
+    # shuffled rows (as the cogroup hands them over) are the same catalogue
+    shared = [
+        find_block_pairs(("s1", n), b, catalogue.sample(frac=1, random_state=n), dedup, hybrid)
+        for n, b in enumerate(blocks)
+    ]
+    for got, want in zip(shared, fresh, strict=True):
+        got, want = got.drop(columns="search_seconds"), want.drop(columns="search_seconds")
+        pd.testing.assert_frame_equal(got, want)
+    assert (shared[0]["kind"] == "pair").sum() > 0
+
+    ordered = catalogue.sort_values("listing_id").reset_index(drop=True)
+    lexical, index_m = pairs.catalogue_vectors(ordered, hybrid)
+    again = pairs.catalogue_vectors(ordered.copy(), hybrid)
+    assert again[0] is lexical and again[1] is index_m  # reused, not recomputed
+    assert not index_m.flags.writeable  # shared: read-only
+    renamed = ordered.assign(title=["WD Blue WD10EZEX 1TB", *ordered["title"][1:]])
+    changed = pairs.catalogue_vectors(renamed, hybrid)
+    assert changed[1] is not index_m and not np.array_equal(changed[0][0], lexical[0])
+    np.testing.assert_array_equal(changed[0][1:], lexical[1:])
+    assert pairs.catalogue_vectors(ordered, EncoderConfig())[0] is None  # no hybrid: no lexical part
 
 
 def test_a_verifier_for_another_model_stops_the_stage_with_what_to_do(tmp_path):
