@@ -1,6 +1,6 @@
 """The nightly end to end at three catalogue sizes, in Spark local mode: seconds and peak memory per stage.
 
-    .venv/bin/python bench/end_to_end_scale.py                    # sizes 1000,3000,10000 (about 30 minutes)
+    .venv/bin/python bench/end_to_end_scale.py                    # sizes 1000,10000,30000 (about 35 minutes)
     .venv/bin/python bench/end_to_end_scale.py --sizes 300,600,900 --readme ''   # a quick look
     # writes bench/results/end_to_end_scale.json and the table in bench/README.md
 
@@ -14,10 +14,12 @@ the catalogue; a share of night 2's listings are reworded copies of catalogue li
 night has real candidates and pairs to verify.
 
 Per stage it records the wall seconds of the job's process, its peak resident memory (the
-process and its JVM, sampled every 0.2 s) and the stage's own ``run_metrics`` timings. Then,
-per stage of night 2, a least-squares line seconds = a + b x new_listings over the three sizes,
-extrapolated to the issue's night of 100,000 new listings against a 1,000,000-listing catalogue
-(the same Zipf supplier layout scaled up; the cost of one giant supplier is bench/search_scale.py's).
+process and its JVM, sampled every 0.2 s) and the stage's own ``run_metrics`` timings. Then, per
+stage, a non-negative least-squares fit over all six nights, seconds = fixed + b x the night's
+listings + c x the catalogue's listings (a stage's cost may grow with what it reads, the night's
+rows or the whole catalogue; never fall), extrapolated to the issue's night of 100,000 new
+listings against a 1,000,000-listing catalogue (the same Zipf supplier layout scaled up; the cost
+of one giant supplier is bench/search_scale.py's).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ BEGIN, END = "<!-- e2e-scale:begin -->", "<!-- e2e-scale:end -->"
 STAGES = ("validate", "embed", "catalog", "pairs", "groups", "report")  # jobs.stage.PIPELINE_STAGES
 NIGHTS = ("2024-06-01", "2024-06-02")
 TARGET_NEW, TARGET_CATALOGUE = 100_000, 1_000_000
+DEFAULT_SIZES = "1000,10000,30000"  # night 1 from 1,000 to 30,000 listings: the costs beyond the fixed ones show
 log = logging.getLogger("bench.end_to_end_scale")
 
 
@@ -238,23 +241,48 @@ def run_size(catalogue: int, workdir: Path, seed: int) -> dict:
     }
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Returns (intercept, slope) of the least-squares line through the points."""
-    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
-    return float(intercept), float(slope)
+def night_points(sizes: list[dict], stage: str, key: str = "seconds") -> list[tuple[int, int, float]]:
+    """Every measured night of a stage as ``(night's listings, catalogue after it, value)``."""
+    points = []
+    for size in sizes:
+        catalogue = 0
+        for night in size["nights"]:
+            listings = night["listings"]
+            catalogue += listings  # night 2's listings are all new
+            points.append((listings, catalogue, float(night["stages"][stage][key])))
+    return points
 
 
-def extrapolate(sizes: list[dict], key: str = "seconds", target: int = TARGET_NEW) -> dict[str, dict]:
-    """Returns per stage of night 2: the fitted line over new listings and its value at ``target``."""
+def fit_cost(points: list[tuple[int, int, float]]) -> tuple[float, float, float, float]:
+    """Non-negative least squares ``value = fixed + per_listing x listings + per_catalogue x catalogue``.
+
+    A stage's cost cannot fall as its input grows, so a coefficient that noise would make
+    negative is held at 0 (scipy's NNLS). Returns (fixed, per_listing, per_catalogue, rms residual).
+    """
+    from scipy.optimize import nnls
+
+    design = np.array([[1.0, n, c] for n, c, _ in points])
+    values = np.array([v for _, _, v in points])
+    # scale the columns so the three coefficients are solved on comparable terms
+    scale = np.maximum(np.abs(design).max(axis=0), 1.0)
+    coefficients, _ = nnls(design / scale, values)
+    coefficients = coefficients / scale
+    residual = float(np.sqrt(np.mean((design @ coefficients - values) ** 2)))
+    return float(coefficients[0]), float(coefficients[1]), float(coefficients[2]), residual
+
+
+def extrapolate(sizes: list[dict], key: str = "seconds") -> dict[str, dict]:
+    """Per stage: ``fit_cost`` over every measured night and its value at the target night
+    (``TARGET_NEW`` new listings bringing the catalogue to ``TARGET_CATALOGUE``)."""
     out = {}
     for stage in STAGES:
-        xs = [s["new"] for s in sizes]
-        ys = [s["nights"][1]["stages"][stage][key] for s in sizes]
-        intercept, slope = fit_line(xs, ys)
+        fixed, per_listing, per_catalogue, residual = fit_cost(night_points(sizes, stage, key))
         out[stage] = {
-            "intercept": round(intercept, 3),
-            "per_new_listing": slope,
-            "at_target": round(intercept + slope * target, 1),
+            "fixed": round(fixed, 3),
+            "per_night_listing": per_listing,
+            "per_catalogue_listing": per_catalogue,
+            "rms_residual": round(residual, 3),
+            "at_target": round(fixed + per_listing * TARGET_NEW + per_catalogue * TARGET_CATALOGUE, 1),
         }
     return out
 
@@ -262,27 +290,35 @@ def extrapolate(sizes: list[dict], key: str = "seconds", target: int = TARGET_NE
 def render(result: dict) -> str:
     """The markdown tables: measured per size and stage, then the extrapolation."""
     sizes = result["sizes"]
-    head = " | ".join(f"C={s['catalogue']:,}, new {s['new']:,}" for s in sizes)
+    head = " | ".join(f"C={s['catalogue']:,}: {s['catalogue']:,} / {s['new']:,} listings" for s in sizes)
     lines = [
-        f"Night 2 (new listings against the catalogue night 1 built), seconds / peak MiB per stage; {result['cpus']} CPUs, Spark local[2], one stage process at a time.",
+        (
+            f"Seconds per stage, night 1 / night 2 (night 1 loads the catalogue C, night 2 brings C/10 new listings "
+            f"against it); {result['cpus']} CPUs, Spark local[2], one stage process at a time."
+        ),
         "",
-        f"| stage | {head} | fit: s = a + b x new | {TARGET_NEW:,} new vs {TARGET_CATALOGUE:,} (extrapolated) |",
-        "|---|" + "---:|" * len(sizes) + "---|---:|",
+        (
+            f"| stage | {head} | peak MiB (largest run) | fit: fixed + per night listing + per catalogue listing "
+            f"(rms residual) | {TARGET_NEW:,} new vs {TARGET_CATALOGUE:,} (extrapolated) |"
+        ),
+        "|---|" + "---:|" * len(sizes) + "---:|---|---:|",
     ]
     seconds = extrapolate(sizes)
     for stage in STAGES:
         cells = " | ".join(
-            f"{s['nights'][1]['stages'][stage]['seconds']:.1f} s / {s['nights'][1]['stages'][stage]['peak_rss_mib']:.0f}"
-            for s in sizes
+            " / ".join(f"{night['stages'][stage]['seconds']:.1f}" for night in s["nights"]) for s in sizes
         )
+        peak = max(night["stages"][stage]["peak_rss_mib"] for s in sizes for night in s["nights"])
         fit = seconds[stage]
         lines.append(
-            f"| {stage} | {cells} | {fit['intercept']:.1f} + {1000 * fit['per_new_listing']:.2f} ms x new | {fit['at_target'] / 60:.1f} min |"
+            f"| {stage} | {cells} | {peak:.0f} | {fit['fixed']:.1f} s + {1000 * fit['per_night_listing']:.2f} ms"
+            f" + {1000 * fit['per_catalogue_listing']:.3f} ms ({fit['rms_residual']:.1f} s) | {fit['at_target'] / 60:.1f} min |"
         )
-    totals = " | ".join(f"{sum(st['seconds'] for st in s['nights'][1]['stages'].values()):.0f} s" for s in sizes)
-    lines.append(f"| **night total** | {totals} | | **{sum(f['at_target'] for f in seconds.values()) / 60:.0f} min** |")
-    night1 = " | ".join(f"{sum(st['seconds'] for st in s['nights'][0]['stages'].values()):.0f} s" for s in sizes)
-    lines.append(f"| night 1 (the catalogue's first load) total | {night1} | | |")
+    totals = " | ".join(
+        " / ".join(f"{sum(st['seconds'] for st in night['stages'].values()):.0f}" for night in s["nights"])
+        for s in sizes
+    )
+    lines.append(f"| **all six** | {totals} | | | **{sum(f['at_target'] for f in seconds.values()) / 60:.0f} min** |")
     recall = ", ".join(f"{s['planted_recall']:.3f} of {s['planted_pairs']:,}" for s in sizes)
     lines += [
         "",
@@ -297,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/end_to_end_scale.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", default="1000,3000,10000", help="catalogue sizes, comma-separated (night 2 brings a tenth)"
+        "--sizes", default=DEFAULT_SIZES, help="catalogue sizes, comma-separated (night 2 brings a tenth)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="where the warehouses go (default: a temp dir)")
@@ -307,13 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sizes = [int(s) for s in args.sizes.split(",")]
     if len(sizes) < 2:
-        parser.error("--sizes needs at least two sizes to fit a line")
+        parser.error("--sizes needs at least two sizes (four nights) to fit the three cost terms")
     started = time.monotonic()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sspr-e2e-scale-"))
     measured = [run_size(c, workdir, args.seed) for c in sizes]
     result = {
         "command": "python bench/end_to_end_scale.py"
-        + ("" if args.sizes == "1000,3000,10000" else f" --sizes {args.sizes}"),
+        + ("" if args.sizes == DEFAULT_SIZES else f" --sizes {args.sizes}"),
         "cpus": os.cpu_count(),
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
         "sizes": measured,

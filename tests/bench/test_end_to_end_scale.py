@@ -35,31 +35,52 @@ def test_the_nights_follow_the_contract_and_plant_reworded_pairs_in_one_supplier
     assert bench.make_nights(2000, seed=3) == (first, second, planted)  # reproducible
 
 
-def _size(new: int, seconds_per_stage):
-    stages = {
-        s: {"seconds": seconds_per_stage(s, new), "peak_rss_mib": 1000.0 + new / 10}
-        for s in ("validate", "embed", "catalog", "pairs", "groups", "report")
-    }
-    return {
-        "catalogue": 10 * new,
-        "new": new,
-        "planted_pairs": 5,
-        "planted_recall": 1.0,
-        "nights": [{"stages": stages}, {"stages": stages}],
-    }
+def _size(catalogue: int, seconds_per_stage):
+    """A measured size as run_size returns it: night 1 loads the catalogue, night 2 brings a tenth."""
+    new = catalogue // 10
+    nights = []
+    for listings, after in ((catalogue, catalogue), (new, catalogue + new)):
+        stages = {
+            s: {"seconds": seconds_per_stage(s, listings, after), "peak_rss_mib": 1000.0 + listings / 10}
+            for s in ("validate", "embed", "catalog", "pairs", "groups", "report")
+        }
+        nights.append({"listings": listings, "stages": stages})
+    return {"catalogue": catalogue, "new": new, "planted_pairs": 5, "planted_recall": 1.0, "nights": nights}
 
 
-def test_the_extrapolation_recovers_a_linear_cost_and_the_table_shows_it(load_bench):
+def test_the_fit_recovers_fixed_per_listing_and_per_catalogue_costs_and_the_table_shows_them(load_bench):
     bench = load_bench("end_to_end_scale")
-    cost = lambda stage, new: 30.0 + (0.01 if stage == "embed" else 0.001) * new
-    sizes = [_size(n, cost) for n in (200, 600, 2000)]
+
+    def cost(stage, listings, catalogue):
+        if stage == "embed":
+            return 30.0 + 0.01 * listings  # the night's rows only
+        if stage == "catalog":
+            return 20.0 + 0.002 * catalogue  # rewrites the whole catalogue
+        return 25.0 + 0.001 * listings + 0.0005 * catalogue
+
+    sizes = [_size(c, cost) for c in (1000, 10000, 30000)]
     fit = bench.extrapolate(sizes)
-    assert fit["embed"]["intercept"] == pytest.approx(30.0)
-    assert fit["embed"]["per_new_listing"] == pytest.approx(0.01)
+    assert fit["embed"]["fixed"] == pytest.approx(30.0, abs=1e-6)
+    assert fit["embed"]["per_night_listing"] == pytest.approx(0.01)
+    assert fit["embed"]["per_catalogue_listing"] == pytest.approx(0.0, abs=1e-9)
+    assert fit["catalog"]["per_catalogue_listing"] == pytest.approx(0.002)
     assert fit["embed"]["at_target"] == pytest.approx(30.0 + 0.01 * bench.TARGET_NEW)
-    assert fit["pairs"]["at_target"] == pytest.approx(30.0 + 0.001 * bench.TARGET_NEW)
+    at = 25.0 + 0.001 * bench.TARGET_NEW + 0.0005 * bench.TARGET_CATALOGUE
+    assert fit["pairs"]["at_target"] == pytest.approx(at) and fit["pairs"]["rms_residual"] == pytest.approx(0.0)
     table = bench.render(
         {"sizes": sizes, "cpus": 2, "command": "python bench/end_to_end_scale.py", "wall_minutes": 1.0}
     )
-    assert "| embed |" in table and f"{(30.0 + 0.01 * bench.TARGET_NEW) / 60:.1f} min" in table
+    assert "| embed | 40.0 / 31.0 |" in table  # night 1 / night 2 seconds at C=1,000
+    assert f"{(30.0 + 0.01 * bench.TARGET_NEW) / 60:.1f} min" in table
     assert "100,000 new vs 1,000,000" in table
+
+
+def test_noise_that_would_make_a_cost_fall_is_held_at_zero(load_bench):
+    bench = load_bench("end_to_end_scale")
+    # the time falls as the nights grow (noise on a fixed cost): a plain line would extrapolate
+    # to negative minutes
+    points = [(1000, 1000, 40.0), (100, 1100, 45.0), (10000, 10000, 36.0), (1000, 11000, 38.0)]
+    fixed, per_listing, per_catalogue, residual = bench.fit_cost(points)
+    assert per_listing >= 0.0 and per_catalogue >= 0.0 and fixed > 0.0
+    assert residual > 0.0
+    assert fixed + per_listing * bench.TARGET_NEW + per_catalogue * bench.TARGET_CATALOGUE >= fixed
