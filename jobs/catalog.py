@@ -88,21 +88,22 @@ def merge_day(previous, day_embeddings, listings, run_date: str):
     kept = previous.join(day.select("listing_id"), on="listing_id", how="left_anti")
     fresh = day.filter("NOT is_deleted AND emb_m IS NOT NULL").select(*_VECTOR_COLUMNS, "model_version")
     attributes = _listing_attributes(listings).filter(F.col("embedded_on") == run_date).drop("embedded_on")
+    # One join with the previous catalogue (one row per listing): its first_seen always, its
+    # attributes only for the same version of the listing (a re-embedded one).
     carried = previous.select(
         "listing_id",
-        "updated_at",
+        F.col("updated_at").alias("_old_updated_at"),
         F.col("first_seen").alias("_first_seen"),
         *(F.col(c).alias(f"_old_{c}") for c in ATTRIBUTES),
     )
-    fresh = (
-        fresh.join(attributes, on=["listing_id", "updated_at"], how="left")
-        .join(carried.drop("updated_at").select("listing_id", "_first_seen"), on="listing_id", how="left")
-        .join(carried.drop("_first_seen"), on=["listing_id", "updated_at"], how="left")
+    fresh = fresh.join(attributes, on=["listing_id", "updated_at"], how="left").join(
+        carried, on="listing_id", how="left"
     )
+    same_version = F.col("_old_updated_at") == F.col("updated_at")  # null (no) when either is null
     fresh = fresh.select(
         *_VECTOR_COLUMNS,
         "model_version",
-        *(F.coalesce(F.col(c), F.col(f"_old_{c}")).alias(c) for c in ATTRIBUTES),
+        *(F.coalesce(F.col(c), F.when(same_version, F.col(f"_old_{c}"))).alias(c) for c in ATTRIBUTES),
         F.lit(run_date).alias("embedded_on"),
         F.coalesce("_first_seen", F.lit(run_date)).alias("first_seen"),
     )
