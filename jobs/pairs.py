@@ -408,11 +408,18 @@ def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date:
             schema=to_ddl(PAIR_SEARCH_ROWS),
         )
     ).persist()
+    # Two new listings in different query blocks are found from both blocks, each with its own
+    # float rounding of the similarity: keep the best row by value, not whichever arrives first
+    # (dropDuplicates), so a rerun writes the same row.
+    best_first = Window.partitionBy("supplier_id", "listing_id_l", "listing_id_r").orderBy(
+        *(F.desc_nulls_last(c) for c in ("similarity_m", "match_score", "similarity_t", "similarity_i"))
+    )
     pairs = (
         found.filter("kind = 'pair'")
         .drop("kind", "candidates")
-        # Two new listings in different query blocks are found from both blocks: keep one row.
-        .dropDuplicates(["supplier_id", "listing_id_l", "listing_id_r"])
+        .withColumn("_found_rank", F.row_number().over(best_first))
+        .filter("_found_rank = 1")
+        .drop("_found_rank")
         .withColumn("similarity_t", F.nanvl("similarity_t", F.lit(None).cast("float")))
         .withColumn("similarity_i", F.nanvl("similarity_i", F.lit(None).cast("float")))
         .withColumn("match_score", F.nanvl("match_score", F.lit(None).cast("float")))
