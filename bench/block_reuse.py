@@ -82,12 +82,12 @@ def run_blocks(catalogue, ids, config, share: bool):
     from jobs import pairs
 
     size = config.dedup.query_block_size
-    pairs._WORKER_CACHE.pop(("catalogue",), None)
+    pairs.forget_catalogue_vectors()
     started = time.perf_counter()
     out = []
     for number, start in enumerate(range(0, len(ids), size)):
         if not share:
-            pairs._WORKER_CACHE.pop(("catalogue",), None)
+            pairs.forget_catalogue_vectors()
         queries = pd.DataFrame({"listing_id": ids[start : start + size], "model_version": "bench"})
         out.append(pairs.find_block_pairs(("s", number), queries, catalogue, config.dedup, config.encoder))
     seconds = time.perf_counter() - started

@@ -184,6 +184,14 @@ def catalogue_digest(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> 
     return digest.hexdigest()
 
 
+_CATALOGUE_KEY = ("catalogue",)
+
+
+def forget_catalogue_vectors() -> None:
+    """Drops this worker's kept catalogue vectors (``catalogue_vectors``), if any."""
+    _WORKER_CACHE.pop(_CATALOGUE_KEY, None)
+
+
 def catalogue_vectors(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> tuple[np.ndarray | None, np.ndarray]:
     """The catalogue's lexical title vectors and searchable ``m`` vectors, reused across its blocks.
 
@@ -200,17 +208,17 @@ def catalogue_vectors(catalogue: pd.DataFrame, encoder_config: EncoderConfig) ->
         ``(lexical, index_m)``: float32 [n, buckets] or None without a hybrid, and float32 [n, dim].
     """
     digest = catalogue_digest(catalogue, encoder_config)
-    cached = _WORKER_CACHE.get(("catalogue",))
+    cached = _WORKER_CACHE.get(_CATALOGUE_KEY)
     if cached is not None and cached[0] == digest:
         log.info("catalogue vectors of %d rows reused from an earlier block on this worker", len(catalogue))
         return cached[1], cached[2]
-    _WORKER_CACHE.pop(("catalogue",), None)  # free the previous supplier's vectors first
+    forget_catalogue_vectors()  # free the previous supplier's vectors first
     lexical = catalogue_lexical(catalogue, encoder_config)
     index_m = searchable_vectors(catalogue["emb_m"], lexical, encoder_config)
     for array in (lexical, index_m):
         if array is not None:
             array.flags.writeable = False  # shared by later blocks: nobody may change them
-    _WORKER_CACHE[("catalogue",)] = (digest, lexical, index_m)
+    _WORKER_CACHE[_CATALOGUE_KEY] = (digest, lexical, index_m)
     return lexical, index_m
 
 

@@ -94,12 +94,12 @@ def test_a_supplier_catalogue_is_vectorised_once_for_all_its_query_blocks(tmp_pa
     blocks = [catalogue.loc[[0, 1], ["listing_id"]], catalogue.loc[[2, 3], ["listing_id"]]]
     blocks = [b.assign(model_version="mv") for b in blocks]
 
-    pairs._WORKER_CACHE.clear()
+    pairs.forget_catalogue_vectors()
     fresh = []
     for number, block in enumerate(blocks):  # each block computed from scratch, as without the cache
-        pairs._WORKER_CACHE.pop(("catalogue",), None)
+        pairs.forget_catalogue_vectors()
         fresh.append(find_block_pairs(("s1", number), block, catalogue, dedup, hybrid))
-    pairs._WORKER_CACHE.clear()
+    pairs.forget_catalogue_vectors()
     # shuffled rows (as the cogroup hands them over) are the same catalogue
     shared = [
         find_block_pairs(("s1", n), b, catalogue.sample(frac=1, random_state=n), dedup, hybrid)
