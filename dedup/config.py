@@ -26,6 +26,9 @@ class DedupConfig:
     min_probability_source: str = ""  # provenance of min_probability, like min_similarity_source
     max_results_per_query: int = 50  # per-query budget; more hits are cut and flagged saturated
     query_block_size: int = 2048  # queries per pair-search task (splits giant suppliers)
+    # catalogue rows per pair-search task: a supplier with a bigger catalogue is searched as
+    # (query block x catalogue block) tasks whose per-query results are merged exactly
+    catalogue_block_size: int = 20000
     # groups over the live pair graph: "components" (connected components) or "average"
     # (average-link within each component, missing links count 0: resists chaining)
     grouping: str = "components"
@@ -43,6 +46,8 @@ class DedupConfig:
             problems.append("dedup.max_results_per_query must be >= 1")
         if self.query_block_size < 1:
             problems.append("dedup.query_block_size must be >= 1")
+        if self.catalogue_block_size < 1:
+            problems.append("dedup.catalogue_block_size must be >= 1")
         if self.grouping not in ("components", "average"):
             problems.append(f"dedup.grouping={self.grouping!r} must be 'components' or 'average'")
         if not 0.0 <= self.min_group_link <= 1.0:

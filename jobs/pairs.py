@@ -40,6 +40,7 @@ import hashlib
 import logging
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ from config.errors import DedupError
 from dedup.config import DedupConfig
 from encoder.config import EncoderConfig
 from jobs.stage import StageContext, StageResult, run_stage
-from schemas.tables import PAIR_SEARCH_ROWS, PAIRS, empty_frame, to_ddl
+from schemas.tables import BLOCK_HIT_ROWS, PAIR_SEARCH_ROWS, PAIRS, empty_frame, to_ddl
 from schemas.vectors import unpack_vectors
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def verify_candidates(
     Returns:
         float32 [p] calibrated probabilities.
     """
-    from dedup.features import neighbour_similarities, pair_features, parse_listing
+    from dedup.features import neighbour_similarities
 
     verifier = get_verifier(dedup_config.verifier)
     if len(left) == 0:
@@ -119,21 +120,87 @@ def verify_candidates(
     # only the listings the candidates touch are parsed and get neighbour lists
     involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
     sub_left, sub_right = inverse[: len(left)], inverse[len(left) :]
-    rows = catalogue.iloc[involved]
+    top = neighbour_similarities(
+        index_m[involved], index_m, involved, verifier.neighbour_min_similarity, verifier.neighbour_budget
+    )
+    return score_candidates(
+        catalogue.iloc[involved],
+        None if lexical is None else lexical[involved],
+        top,
+        sub_left,
+        sub_right,
+        (sim_m, sim_t, sim_i),
+        dedup_config,
+        encoder_config,
+    )
+
+
+def score_candidates(
+    rows: pd.DataFrame,
+    lexical: np.ndarray | None,
+    top: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    similarities: tuple[np.ndarray, np.ndarray, np.ndarray],
+    dedup_config: DedupConfig,
+    encoder_config: EncoderConfig,
+) -> np.ndarray:
+    """Match probability of candidate pairs whose listings' neighbour lists are known.
+
+    Args:
+        rows: the listings the pairs touch (``VERIFIER_COLUMNS``, ``has_text``).
+        lexical: float32 [len(rows), buckets] their lexical title vectors, or None to compute them.
+        top: float32 [len(rows), budget] each listing's ``neighbour_similarities`` in its
+            supplier's whole catalogue.
+        left, right: int [p] row numbers (into ``rows``) of each candidate's two listings.
+        similarities: float [p] ``sim_m``, ``sim_t``, ``sim_i`` of the candidates (NaN where absent).
+        dedup_config: names the verifier file.
+        encoder_config: the lexical settings of ``char_cosine``.
+
+    Returns:
+        float32 [p] calibrated probabilities.
+    """
+    from dedup.features import pair_features, parse_listing
+
+    verifier = get_verifier(dedup_config.verifier)
+    if len(left) == 0:
+        return np.zeros(0, dtype=np.float32)
     parsed = [
         parse_listing(_value(r.title), _value(r.brand), _value(r.price), _value(r.currency))
         for r in rows.itertuples(index=False)
     ]
     if lexical is None:
-        has_text = rows["has_text"].to_numpy(bool)
-        lexical = get_lexical(encoder_config).transform([_value(t) for t in rows["title"]], has_text)
-    else:
-        lexical = lexical[involved]
-    top = neighbour_similarities(
-        index_m[involved], index_m, involved, verifier.neighbour_min_similarity, verifier.neighbour_budget
-    )
-    features = pair_features(parsed, lexical, sub_left, sub_right, sim_m, sim_t, sim_i, top[sub_left], top[sub_right])
+        lexical = get_lexical(encoder_config).transform(
+            [_value(t) for t in rows["title"]], rows["has_text"].to_numpy(bool)
+        )
+    sim_m, sim_t, sim_i = similarities
+    features = pair_features(parsed, lexical, left, right, sim_m, sim_t, sim_i, top[left], top[right])
     return verifier.probabilities(features).astype(np.float32)
+
+
+def text_image_similarities(
+    rows: pd.DataFrame, lexical: np.ndarray | None, left: np.ndarray, right: np.ndarray, encoder_config: EncoderConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``similarity_t`` and ``similarity_i`` of pairs, from the stored vectors of the listings they touch.
+
+    Args:
+        rows: the listings (``emb_t``, ``emb_i``, ``has_text``, ``has_image``).
+        lexical: float32 [len(rows), buckets] their lexical title vectors (a hybrid), or None.
+        left, right: int [p] row numbers (into ``rows``) of each pair's two listings.
+        encoder_config: the hybrid's lexical weight.
+
+    Returns:
+        float32 [p] each, NaN where either side lacks the modality.
+    """
+    from dedup.features import modality_similarity
+
+    if len(left) == 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    t = searchable_vectors(rows["emb_t"], lexical, encoder_config)
+    i = unpack_vectors(rows["emb_i"].tolist())
+    sim_t = modality_similarity(t, rows["has_text"].to_numpy(bool), left, right)
+    sim_i = modality_similarity(i, rows["has_image"].to_numpy(bool), left, right)
+    return sim_t, sim_i
 
 
 def _value(value):
@@ -249,7 +316,6 @@ def find_block_pairs(
     Raises:
         ValueError: a query is not in the catalogue.
     """
-    from dedup.features import modality_similarity
     from dedup.search import find_pairs_by_id
 
     supplier_id = key[0]
@@ -265,7 +331,6 @@ def find_block_pairs(
     missing = [i for i in queries["listing_id"] if i not in position]
     if missing:
         raise ValueError(f"supplier {supplier_id}: queries {missing[:5]} are not in the catalogue they search")
-    has_text = catalogue["has_text"].to_numpy(bool)
     lexical, index_m = catalogue_vectors(catalogue, encoder_config)
     query_rows = np.array([position[i] for i in queries["listing_id"]], dtype=np.int64)
     search_started = time.monotonic()
@@ -285,17 +350,15 @@ def find_block_pairs(
     left = np.array([position[i] for i in left_ids], dtype=np.int64)
     right = np.array([position[i] for i in right_ids], dtype=np.int64)
     sim_m = pairs.column("similarity").to_numpy().astype(np.float32)
-    if len(left):
-        # t and i only for the listings the candidates touch
-        involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
-        sub_left, sub_right = inverse[: len(left)], inverse[len(left) :]
-        rows = catalogue.iloc[involved]
-        t = searchable_vectors(rows["emb_t"], None if lexical is None else lexical[involved], encoder_config)
-        i = unpack_vectors(rows["emb_i"].tolist())
-        sim_t = modality_similarity(t, has_text[involved], sub_left, sub_right)
-        sim_i = modality_similarity(i, rows["has_image"].to_numpy(bool), sub_left, sub_right)
-    else:
-        sim_t = sim_i = np.zeros(0, dtype=np.float32)
+    # t and i only for the listings the candidates touch
+    involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
+    sim_t, sim_i = text_image_similarities(
+        catalogue.iloc[involved],
+        None if lexical is None else lexical[involved],
+        inverse[: len(left)],
+        inverse[len(left) :],
+        encoder_config,
+    )
     candidates = len(left_ids)
     probability = np.full(len(left_ids), np.nan, dtype=np.float32)
     if dedup_config.verifier:
@@ -343,7 +406,7 @@ def find_block_pairs(
     # Typed Arrow parts, then one frame: concatenating pandas parts with all-null columns makes
     # pandas guess (and warn about) their dtypes.
     parts = [pa.Table.from_pandas(out, schema=PAIR_SEARCH_ROWS, preserve_index=False)]
-    parts += [_search_rows(counted), _search_rows(flagged)]
+    parts += [_typed_rows(PAIR_SEARCH_ROWS, counted), _typed_rows(PAIR_SEARCH_ROWS, flagged)]
     out = pa.concat_tables(parts).to_pandas()
     for column in ("candidates", "queries", "catalogue_rows", "dim"):
         out[column] = out[column].astype("Int64")  # nullable: null on pair rows
@@ -361,20 +424,400 @@ def find_block_pairs(
     return out
 
 
-def _search_rows(columns: dict[str, list]) -> pa.Table:
-    """A ``PAIR_SEARCH_ROWS`` table from the given columns; the others null."""
+def search_catalogue_block(
+    key: tuple,
+    queries: pd.DataFrame,
+    block: pd.DataFrame,
+    min_similarity: float,
+    budget: int,
+    dedup_config: DedupConfig,
+    encoder_config: EncoderConfig,
+) -> pd.DataFrame:
+    """cogroup body: each query's best hits in one catalogue block of its supplier.
+
+    Because the blocks partition the catalogue and each keeps, per query, its best ``budget``
+    hits (ties to the lower id), a query's best ``budget`` hits over the whole catalogue are the
+    best of the blocks' (``merge_block_hits``): the split answer is the whole one.
+
+    Args:
+        key: ``(supplier_id, catalogue_block, query_block)``.
+        queries: the task's queries (``listing_id``, ``emb_m``, ``has_text``, ``model_version``;
+            ``title`` with a hybrid encoder).
+        block: the catalogue block's rows (``listing_id``, ``emb_m``, ``has_text``; ``title``
+            with a hybrid encoder).
+        min_similarity: hits below it are not seen.
+        budget: the most hits kept per query.
+        dedup_config: the search backend and device.
+        encoder_config: the hybrid's lexical settings (``searchable_vectors``).
+
+    Returns:
+        Rows of ``BLOCK_HIT_ROWS``: "hit" rows, "cut" rows for queries with more than
+        ``budget`` hits in the block, one "task" row.
+    """
+    from dedup.search import find_pairs
+
+    supplier_id = key[0]
+    if queries.empty or block.empty:
+        return empty_frame(BLOCK_HIT_ROWS)
+    # shuffle order -> a fixed row order, so a rerun computes the same values (find_block_pairs)
+    queries = queries.sort_values("listing_id", kind="stable").reset_index(drop=True)
+    block = block.sort_values("listing_id", kind="stable").reset_index(drop=True)
+    model_version = str(queries["model_version"].iloc[0])
+    _lexical, index_m = catalogue_vectors(block, encoder_config)
+    query_m = searchable_vectors(queries["emb_m"], catalogue_lexical(queries, encoder_config), encoder_config)
+    started = time.monotonic()
+    found = find_pairs(
+        query_m,
+        index_m,
+        min_similarity,
+        max_results_per_query=budget,
+        backend=dedup_config.backend,
+        device=dedup_config.device,
+    )
+    seconds = time.monotonic() - started
+    query_ids = queries["listing_id"].to_numpy(object)
+    block_ids = block["listing_id"].to_numpy(object)
+    cut = query_ids[found.saturated].tolist()
+    n_hits = len(found)
+    hits = {
+        "kind": ["hit"] * n_hits,
+        "supplier_id": [supplier_id] * n_hits,
+        "listing_id": query_ids[found.query_idx].tolist(),
+        "match_id": block_ids[found.index_idx].tolist(),
+        "similarity": found.similarity,
+        "model_version": [model_version] * n_hits,
+    }
+    cuts = {"kind": ["cut"] * len(cut), "supplier_id": [supplier_id] * len(cut), "listing_id": cut}
+    task = {
+        "kind": ["task"],
+        "supplier_id": [supplier_id],
+        "model_version": [model_version],
+        "queries": [len(queries)],
+        "catalogue_rows": [len(block)],
+        "dim": [index_m.shape[1]],
+        "search_seconds": [seconds],
+    }
+    out = pa.concat_tables([_typed_rows(BLOCK_HIT_ROWS, part) for part in (hits, cuts, task)]).to_pandas()
+    for column in ("queries", "catalogue_rows", "dim"):
+        out[column] = out[column].astype("Int64")  # nullable: null on hit rows
+    log.info(
+        "supplier %s catalogue block %s x query block %s: %d queries x %d rows -> %d hits (%d cut) in %.2fs",
+        supplier_id,
+        key[1],
+        key[2],
+        len(queries),
+        len(block),
+        n_hits,
+        len(cut),
+        seconds,
+    )
+    return out
+
+
+def _typed_rows(schema: pa.Schema, columns: dict[str, list]) -> pa.Table:
+    """A table of ``schema`` from the given columns; the others null."""
     n = len(columns["kind"])
     return pa.table(
-        {
-            f.name: pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type)
-            for f in PAIR_SEARCH_ROWS
-        },
-        schema=PAIR_SEARCH_ROWS,
+        {f.name: pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type) for f in schema},
+        schema=schema,
     )
 
 
-def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date: str, encoder_config: EncoderConfig):
-    """Finds pairs per (supplier, query block).
+def search_in_blocks(queries, catalogue, min_similarity: float, budget: int, dedup_config, encoder_config):
+    """Every query against every catalogue block of its supplier, one task per (catalogue block, query block).
+
+    Args:
+        queries: ``supplier_id``, ``listing_id``, ``emb_m``, ``has_text``, ``model_version`` (and
+            ``title`` with a hybrid encoder) of the listings to search for.
+        catalogue: the suppliers' catalogue rows with the same columns.
+        min_similarity, budget: what each task keeps per query (``search_catalogue_block``).
+        dedup_config: block sizes, search backend.
+        encoder_config: the hybrid's lexical settings.
+
+    Returns:
+        Rows of ``BLOCK_HIT_ROWS`` from every task.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    columns = ["listing_id", "emb_m", "has_text", "model_version"]
+    if encoder_config.lexical_weight > 0:
+        columns.append("title")
+    by_id = Window.partitionBy("supplier_id").orderBy("listing_id")
+
+    def fresh(frame):
+        # new column identities: both sides of the cogroup come from the catalogue and from each
+        # other, and Spark finds columns of the same identity ambiguous
+        return frame.select(*[F.col(c).alias(c) for c in frame.columns])
+
+    def numbered(frame, name: str, size: int):
+        return frame.select(
+            F.col("supplier_id").alias("supplier_id"),
+            F.floor((F.row_number().over(by_id) - 1) / size).alias(name),
+            *[F.col(c).alias(c) for c in columns],
+        )
+
+    blocks = numbered(catalogue, "catalogue_block", dedup_config.catalogue_block_size)
+    asked = numbered(queries, "query_block", dedup_config.query_block_size)
+    grid = ["supplier_id", "catalogue_block", "query_block"]
+    # each query meets every block of its supplier, each block every query block
+    query_side = fresh(asked.join(blocks.select("supplier_id", "catalogue_block").distinct(), on="supplier_id"))
+    block_side = fresh(blocks.join(asked.select("supplier_id", "query_block").distinct(), on="supplier_id"))
+    return (
+        query_side.groupBy(*grid)
+        .cogroup(block_side.groupBy(*grid))
+        .applyInPandas(
+            lambda key, q, c: search_catalogue_block(key, q, c, min_similarity, budget, dedup_config, encoder_config),
+            schema=to_ddl(BLOCK_HIT_ROWS),
+        )
+    )
+
+
+def merge_block_hits(hits, budget: int):
+    """Each query's best ``budget`` hits over all its blocks, and the queries that had more.
+
+    Args:
+        hits: ``search_in_blocks`` rows.
+        budget: the per-query budget the blocks kept.
+
+    Returns:
+        ``(best, cut)``: "hit" rows ranked within the budget by similarity (ties to the lower
+        ``match_id``, as one search over the whole catalogue ranks them); ``supplier_id``,
+        ``listing_id`` of the queries with more than ``budget`` hits in all.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    best_first = Window.partitionBy("supplier_id", "listing_id").orderBy(F.desc("similarity"), F.asc("match_id"))
+    ranked = hits.filter("kind = 'hit'").withColumn("_rank", F.row_number().over(best_first))
+    best = ranked.filter(F.col("_rank") <= budget).drop("_rank")
+    over = ranked.filter(F.col("_rank") == budget + 1).select("supplier_id", "listing_id")
+    cut = hits.filter("kind = 'cut'").select("supplier_id", "listing_id").unionByName(over).distinct()
+    return best, cut
+
+
+def neighbour_lists(listings, catalogue, budget: int, min_similarity: float, dedup_config, encoder_config):
+    """Each listing's top ``budget`` neighbour similarities in its supplier's catalogue, itself left out.
+
+    The blocked form of ``dedup.features.neighbour_similarities``: the best ``budget + 1`` hits
+    over the blocks, then the listing itself removed, then the best ``budget``.
+
+    Returns:
+        ``supplier_id``, ``listing_id``, ``neighbours`` (array<float>, most similar first).
+    """
+    from pyspark.sql import functions as F
+
+    hits = search_in_blocks(listings, catalogue, min_similarity, budget + 1, dedup_config, encoder_config)
+    best, _cut = merge_block_hits(hits, budget + 1)
+    return (
+        best.filter(F.col("listing_id") != F.col("match_id"))
+        .groupBy("supplier_id", "listing_id")
+        .agg(F.slice(F.sort_array(F.collect_list("similarity"), asc=False), 1, budget).alias("neighbours"))
+    )
+
+
+LISTING_EVIDENCE = ("emb_t", "emb_i", "has_text", "has_image")
+"""What the verify step joins onto each side of a pair, besides the verifier's attributes."""
+
+
+def verify_pair_block(
+    key: tuple, pairs: pd.DataFrame, dedup_config: DedupConfig, encoder_config: EncoderConfig
+) -> pd.DataFrame:
+    """applyInPandas body: the t / i similarities and match probability of a block of candidate pairs.
+
+    Args:
+        key: ``(supplier_id, pair_block)``.
+        pairs: candidates (``listing_id_l`` < ``listing_id_r``, ``similarity_m``,
+            ``model_version``) with each side's ``LISTING_EVIDENCE``, attributes and
+            ``neighbours`` as ``l_<column>`` / ``r_<column>``.
+        dedup_config: the verifier and its operating point.
+        encoder_config: the hybrid's lexical settings.
+
+    Returns:
+        Rows of ``PAIR_SEARCH_ROWS``: the pairs kept (as ``find_block_pairs`` keeps them), then
+        one "candidates" row counting the block's candidates.
+    """
+    supplier_id = key[0]
+    if pairs.empty:
+        return empty_frame(PAIR_SEARCH_ROWS)
+    pairs = pairs.sort_values(["listing_id_l", "listing_id_r"], kind="stable").reset_index(drop=True)
+    model_version = str(pairs["model_version"].iloc[0])
+    side = [c[2:] for c in pairs.columns if c.startswith("l_")]
+    sides = [
+        pairs[[f"listing_id_{s}", *(f"{s}_{c}" for c in side)]].set_axis(["listing_id", *side], axis=1)
+        for s in ("l", "r")
+    ]
+    # every listing the block touches, once, in id order
+    rows = pd.concat(sides).drop_duplicates("listing_id").sort_values("listing_id", kind="stable")
+    rows = rows.reset_index(drop=True)
+    position = {listing_id: i for i, listing_id in enumerate(rows["listing_id"])}
+    left = np.array([position[i] for i in pairs["listing_id_l"]], dtype=np.int64)
+    right = np.array([position[i] for i in pairs["listing_id_r"]], dtype=np.int64)
+    lexical = catalogue_lexical(rows, encoder_config)
+    sim_m = pairs["similarity_m"].to_numpy(np.float32)
+    sim_t, sim_i = text_image_similarities(rows, lexical, left, right, encoder_config)
+    keep = np.ones(len(pairs), dtype=bool)
+    probability = np.full(len(pairs), np.nan, dtype=np.float32)
+    if dedup_config.verifier:
+        budget = get_verifier(dedup_config.verifier).neighbour_budget
+        top = np.full((len(rows), budget), -np.inf, dtype=np.float32)
+        for k, values in enumerate(rows["neighbours"]):
+            if values is not None and len(values):
+                top[k, : len(values)] = values
+        probability = score_candidates(
+            rows, lexical, top, left, right, (sim_m, sim_t, sim_i), dedup_config, encoder_config
+        )
+        keep = probability >= dedup_config.min_probability
+    kept = {
+        "kind": ["pair"] * int(keep.sum()),
+        "supplier_id": [supplier_id] * int(keep.sum()),
+        "listing_id_l": pairs["listing_id_l"][keep].tolist(),
+        "listing_id_r": pairs["listing_id_r"][keep].tolist(),
+        # float rounding can put a dot product of unit vectors at 1.0000001 (find_block_pairs)
+        "similarity_m": np.clip(sim_m[keep], -1.0, 1.0),
+        "similarity_t": np.clip(sim_t[keep], -1.0, 1.0),
+        "similarity_i": np.clip(sim_i[keep], -1.0, 1.0),
+        "match_score": probability[keep],
+        "model_version": [model_version] * int(keep.sum()),
+    }
+    counted = {
+        "kind": ["candidates"],
+        "supplier_id": [supplier_id],
+        "model_version": [model_version],
+        "candidates": [len(pairs)],
+    }
+    out = pa.concat_tables([_typed_rows(PAIR_SEARCH_ROWS, kept), _typed_rows(PAIR_SEARCH_ROWS, counted)]).to_pandas()
+    for column in ("candidates", "queries", "catalogue_rows", "dim"):
+        out[column] = out[column].astype("Int64")
+    log.info("supplier %s pair block %s: %d candidates -> %d pairs", supplier_id, key[1], len(pairs), int(keep.sum()))
+    return out
+
+
+def find_pairs_in_blocks(queries, catalogue, dedup_config: DedupConfig, encoder_config: EncoderConfig):
+    """Finds pairs of suppliers whose catalogues are searched in (catalogue block x query block) tasks.
+
+    No task holds a supplier's whole catalogue: candidates are the per-query best of the blocks'
+    hits (``merge_block_hits``), written once per pair with the larger of its two directions'
+    similarities (as ``dedup.search.find_pairs_by_id``); the verifier's neighbour lists come from
+    a second blocked search over the listings the candidates touch; then each block of
+    ``query_block_size`` candidates gets its t / i similarities and probability with both sides'
+    vectors and attributes joined on. The union is the whole-catalogue answer of ``find_block_pairs``.
+
+    Args:
+        queries: the run date's new listings (catalogue rows).
+        catalogue: the suppliers' catalogue rows (one model version).
+        dedup_config: thresholds, budget, block sizes, verifier.
+        encoder_config: the hybrid's lexical settings.
+
+    Returns:
+        ``(found, cached)``: rows of ``PAIR_SEARCH_ROWS`` (pairs, "candidates" rows: one per
+        search task with its size and none counted, one per pair block with its count;
+        "saturated" queries), and the DataFrames persisted on the way (unpersist when done).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    budget = dedup_config.max_results_per_query
+    hits = search_in_blocks(
+        queries, catalogue, dedup_config.min_similarity, budget, dedup_config, encoder_config
+    ).persist()
+    best, cut = merge_block_hits(hits, budget)
+    one_way = best.filter(F.col("listing_id") != F.col("match_id")).select(
+        "supplier_id",
+        F.least("listing_id", "match_id").alias("listing_id_l"),
+        F.greatest("listing_id", "match_id").alias("listing_id_r"),
+        F.col("similarity").alias("similarity_m"),
+        "model_version",
+    )
+    # a pair of two new listings is found from both: keep the larger similarity, once
+    larger_first = Window.partitionBy("supplier_id", "listing_id_l", "listing_id_r").orderBy(F.desc("similarity_m"))
+    candidates = (
+        one_way.withColumn("_rank", F.row_number().over(larger_first)).filter("_rank = 1").drop("_rank").persist()
+    )
+    extra = [c for c in VERIFIER_COLUMNS if dedup_config.verifier or (c == "title" and encoder_config.lexical_weight)]
+    evidence = catalogue.select("supplier_id", "listing_id", *LISTING_EVIDENCE, *extra)
+    if dedup_config.verifier:
+        verifier = get_verifier(dedup_config.verifier)
+        touched = (
+            candidates.select("supplier_id", F.col("listing_id_l").alias("listing_id"))
+            .unionByName(candidates.select("supplier_id", F.col("listing_id_r").alias("listing_id")))
+            .distinct()
+        )
+        listings = catalogue.join(touched, on=["supplier_id", "listing_id"], how="left_semi")
+        neighbours = neighbour_lists(
+            listings,
+            catalogue,
+            verifier.neighbour_budget,
+            verifier.neighbour_min_similarity,
+            dedup_config,
+            encoder_config,
+        )
+        evidence = evidence.join(neighbours, on=["supplier_id", "listing_id"], how="left")
+    else:
+        evidence = evidence.withColumn("neighbours", F.lit(None).cast("array<float>"))
+    joined = candidates
+    for side in ("l", "r"):
+        named = evidence.select(
+            F.col("supplier_id").alias("supplier_id"),
+            F.col("listing_id").alias(f"listing_id_{side}"),
+            *[F.col(c).alias(f"{side}_{c}") for c in evidence.columns if c not in ("supplier_id", "listing_id")],
+        )
+        joined = joined.join(named, on=["supplier_id", f"listing_id_{side}"])
+    in_order = Window.partitionBy("supplier_id").orderBy("listing_id_l", "listing_id_r")
+    blocked = joined.withColumn(
+        "pair_block", F.floor((F.row_number().over(in_order) - 1) / dedup_config.query_block_size)
+    )
+    verified = blocked.groupBy("supplier_id", "pair_block").applyInPandas(
+        lambda key, rows: verify_pair_block(key, rows, dedup_config, encoder_config), schema=to_ddl(PAIR_SEARCH_ROWS)
+    )
+    tasks = hits.filter("kind = 'task'").select(
+        F.lit("candidates").alias("kind"),
+        "supplier_id",
+        "model_version",
+        F.lit(0).cast("long").alias("candidates"),
+        "queries",
+        "catalogue_rows",
+        "dim",
+        "search_seconds",
+    )
+    saturated = cut.select(F.lit("saturated").alias("kind"), "supplier_id", F.col("listing_id").alias("listing_id_l"))
+    found = verified.unionByName(tasks, allowMissingColumns=True).unionByName(saturated, allowMissingColumns=True)
+    return found.select(*PAIR_SEARCH_ROWS.names), [hits, candidates]
+
+
+class SupplierSearch(NamedTuple):
+    """What ``find_supplier_pairs`` returns."""
+
+    pairs: object  # rows of the ``PAIRS`` contract
+    saturated: object  # ``supplier_id``, ``listing_id_l`` of the queries cut by the budget
+    found: object  # the persisted ``PAIR_SEARCH_ROWS`` both read (its "candidates" rows: the plan)
+    cached: list  # every DataFrame persisted on the way, ``found`` included
+    blocked_suppliers: list  # the suppliers searched in catalogue blocks
+
+    def release(self) -> None:
+        """Unpersists what the search persisted."""
+        for frame in self.cached:
+            frame.unpersist()
+
+
+def catalogue_sizes(catalogue) -> dict[str, int]:
+    """``{supplier_id: catalogue rows}`` of the suppliers in ``catalogue`` (one Spark action)."""
+    return {r["supplier_id"]: int(r["count"]) for r in catalogue.groupBy("supplier_id").count().collect()}
+
+
+def find_supplier_pairs(
+    queries,
+    catalogue,
+    dedup_config: DedupConfig,
+    run_date: str,
+    encoder_config: EncoderConfig,
+    sizes: dict[str, int] | None = None,
+) -> SupplierSearch:
+    """Finds pairs per (supplier, query block), in catalogue blocks where a catalogue is big.
+
+    A supplier whose catalogue has at most ``dedup.catalogue_block_size`` rows is searched in one
+    task per query block with its whole catalogue (``find_block_pairs``); a bigger one in
+    (catalogue block x query block) tasks merged exactly (``find_pairs_in_blocks``).
 
     Args:
         queries: the run date's live embeddings.
@@ -383,11 +826,67 @@ def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date:
         dedup_config: the search and verifier settings.
         run_date: stamped on the output.
         encoder_config: the hybrid's lexical settings.
+        sizes: ``catalogue_sizes(catalogue)`` when the caller has it (else counted here).
 
     Returns:
-        ``(pairs, saturated, found)``: pairs matching the ``PAIRS`` contract, the saturated query
-        ids, and the persisted search output both read (the caller unpersists it when done;
-        its ``candidates`` rows count the candidates per block).
+        ``SupplierSearch``: the pairs, the saturated query ids, the persisted search output both
+        read (its ``candidates`` rows count candidates and size the tasks); call ``release()``
+        when done.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if sizes is None:
+        sizes = catalogue_sizes(catalogue)
+    big = sorted(s for s, n in sizes.items() if n > dedup_config.catalogue_block_size)
+    parts, cached = [], []
+    if len(big) < len(sizes):
+        small_queries, small_catalogue = queries, catalogue
+        if big:
+            small_queries = queries.filter(~F.col("supplier_id").isin(big))
+            small_catalogue = catalogue.filter(~F.col("supplier_id").isin(big))
+        parts.append(find_whole_catalogue_pairs(small_queries, small_catalogue, dedup_config, encoder_config))
+    if big:
+        log.info(
+            "%d suppliers with more than %d catalogue rows are searched in catalogue blocks: %s",
+            len(big),
+            dedup_config.catalogue_block_size,
+            big[:5],
+        )
+        in_big = F.col("supplier_id").isin(big)
+        found_big, cached = find_pairs_in_blocks(
+            queries.filter(in_big), catalogue.filter(in_big), dedup_config, encoder_config
+        )
+        parts.append(found_big)
+    found = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    found = found.persist()
+    # Two new listings in different query blocks are found from both blocks, each with its own
+    # float rounding of the similarity: keep the best row by value, not whichever arrives first
+    # (dropDuplicates), so a rerun writes the same row.
+    best_first = Window.partitionBy("supplier_id", "listing_id_l", "listing_id_r").orderBy(
+        *(F.desc_nulls_last(c) for c in ("similarity_m", "match_score", "similarity_t", "similarity_i"))
+    )
+    pairs = (
+        found.filter("kind = 'pair'")
+        .drop("kind", "candidates")
+        .withColumn("_found_rank", F.row_number().over(best_first))
+        .filter("_found_rank = 1")
+        .drop("_found_rank")
+        .withColumn("similarity_t", F.nanvl("similarity_t", F.lit(None).cast("float")))
+        .withColumn("similarity_i", F.nanvl("similarity_i", F.lit(None).cast("float")))
+        .withColumn("match_score", F.nanvl("match_score", F.lit(None).cast("float")))
+        .withColumn("run_date", F.lit(run_date))
+        .select(*PAIRS.names)
+    )
+    saturated = found.filter("kind = 'saturated'").select("supplier_id", "listing_id_l")
+    return SupplierSearch(pairs, saturated, found, [found, *cached], big)
+
+
+def find_whole_catalogue_pairs(queries, catalogue, dedup_config: DedupConfig, encoder_config: EncoderConfig):
+    """``find_block_pairs`` over one task per (supplier, query block), each with the supplier's whole catalogue.
+
+    Returns:
+        Rows of ``PAIR_SEARCH_ROWS``.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -408,42 +907,24 @@ def find_supplier_pairs(queries, catalogue, dedup_config: DedupConfig, run_date:
     index = catalogue.join(blocks, on="supplier_id").select(
         "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image", *extra
     )
-    found = (
+    return (
         blocked.groupBy("supplier_id", "query_block")
         .cogroup(index.groupBy("supplier_id", "query_block"))
         .applyInPandas(
             lambda key, q, c: find_block_pairs(key, q, c, dedup_config, encoder_config),
             schema=to_ddl(PAIR_SEARCH_ROWS),
         )
-    ).persist()
-    # Two new listings in different query blocks are found from both blocks, each with its own
-    # float rounding of the similarity: keep the best row by value, not whichever arrives first
-    # (dropDuplicates), so a rerun writes the same row.
-    best_first = Window.partitionBy("supplier_id", "listing_id_l", "listing_id_r").orderBy(
-        *(F.desc_nulls_last(c) for c in ("similarity_m", "match_score", "similarity_t", "similarity_i"))
     )
-    pairs = (
-        found.filter("kind = 'pair'")
-        .drop("kind", "candidates")
-        .withColumn("_found_rank", F.row_number().over(best_first))
-        .filter("_found_rank = 1")
-        .drop("_found_rank")
-        .withColumn("similarity_t", F.nanvl("similarity_t", F.lit(None).cast("float")))
-        .withColumn("similarity_i", F.nanvl("similarity_i", F.lit(None).cast("float")))
-        .withColumn("match_score", F.nanvl("match_score", F.lit(None).cast("float")))
-        .withColumn("run_date", F.lit(run_date))
-        .select(*PAIRS.names)
-    )
-    saturated = found.filter("kind = 'saturated'").select("supplier_id", "listing_id_l")
-    return pairs, saturated, found
 
 
 def summarise_search(tasks: pd.DataFrame) -> dict:
-    """The search plan's sizes and speed, from the ``candidates`` rows of ``find_block_pairs``.
+    """The search plan's sizes and speed, from the ``candidates`` rows of the search.
 
     Args:
-        tasks: one row per (supplier, query block) task: ``supplier_id``, ``candidates``,
-            ``queries``, ``catalogue_rows``, ``dim``, ``search_seconds``.
+        tasks: one row per search task (a query block with its supplier's whole catalogue, or
+            a query block x catalogue block): ``supplier_id``, ``candidates``, ``queries``,
+            ``catalogue_rows``, ``dim``, ``search_seconds``; plus rows that count candidates
+            only (null ``queries``: the pair blocks of ``find_pairs_in_blocks``).
 
     Returns:
         ``search_tasks``, ``candidates``, the physical floor ``search_gflop`` (sum of queries x
@@ -452,10 +933,13 @@ def summarise_search(tasks: pd.DataFrame) -> dict:
         GEMM peak; null when no time was measured), and the ``largest_task`` (supplier, queries,
         catalogue rows) with its ``largest_task_share`` of the floor.
     """
+    counted = int(tasks["candidates"].sum()) if len(tasks) else 0
+    # rows without a size count candidates only (the pair blocks of a catalogue-blocked supplier)
+    tasks = tasks[tasks["queries"].notna()] if len(tasks) else tasks
     if tasks.empty:
         return {
             "search_tasks": 0,
-            "candidates": 0,
+            "candidates": counted,
             "search_gflop": 0.0,
             "search_seconds": 0.0,
             "search_gflops": None,
@@ -473,7 +957,7 @@ def summarise_search(tasks: pd.DataFrame) -> dict:
     row = tasks.iloc[largest]
     return {
         "search_tasks": len(tasks),
-        "candidates": int(tasks["candidates"].sum()),
+        "candidates": counted,
         "search_gflop": round(float(floor.sum()) / 1e9, 3),
         "search_seconds": round(seconds, 3),
         "search_gflops": round(float(floor.sum()) / seconds / 1e9, 2) if seconds > 0 else None,
@@ -638,7 +1122,9 @@ def run(ctx: StageContext) -> StageResult:
     if versions:
         check_lexical_settings(encoder_config, versions[0])
     verifier = check_verifier(dedup_config, encoder_config, versions[0] if versions else None)
-    pairs, saturated, found = find_supplier_pairs(queries, catalogue, dedup_config, day, encoder_config)
+    sizes = catalogue_sizes(catalogue)
+    search = find_supplier_pairs(queries, catalogue, dedup_config, day, encoder_config, sizes)
+    pairs, saturated, found = search.pairs, search.saturated, search.found
     if previous is None:
         log.info("no pair graph before %s: building it from the pairs history", day)
         everything = ctx.spark.table(f"{db}.catalog").filter(F.col("run_date") == day)
@@ -660,10 +1146,11 @@ def run(ctx: StageContext) -> StageResult:
             .select("supplier_id", "candidates", "queries", "catalogue_rows", "dim", "search_seconds")
             .toPandas()
         )
-        catalogue_size = catalogue.count()
     finally:
-        found.unpersist()
+        search.release()
         queries.unpersist()
+    catalogue_size = sum(sizes.values())
+    blocked_suppliers = search.blocked_suppliers
     search = summarise_search(tasks)
     candidates = search["candidates"]
     if search["largest_task"] is not None:
@@ -698,6 +1185,8 @@ def run(ctx: StageContext) -> StageResult:
             "verifier": verifier.digest[:16] if verifier is not None else None,
             "min_probability": dedup_config.min_probability if verifier is not None else None,
             "catalogue_size": catalogue_size,
+            "catalogue_block_size": dedup_config.catalogue_block_size,
+            "blocked_suppliers": len(blocked_suppliers),
             "catalogue_buckets_read": len(buckets),
             "live_pairs": written["live_pairs"],
             "graph_from": previous,

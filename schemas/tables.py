@@ -243,6 +243,26 @@ for a query cut by the per-query budget (its id in ``listing_id_l``, the rest nu
 before the verifier, with the task's size (``queries`` x ``catalogue_rows`` at width ``dim``) and
 the seconds its exact search took (the rest null)."""
 
+BLOCK_HIT_ROWS = pa.schema(
+    [
+        pa.field("kind", pa.string()),
+        pa.field("supplier_id", pa.string()),
+        pa.field("listing_id", pa.string()),
+        pa.field("match_id", pa.string()),
+        pa.field("similarity", pa.float32()),
+        pa.field("model_version", pa.string()),
+        pa.field("queries", pa.int64()),
+        pa.field("catalogue_rows", pa.int64()),
+        pa.field("dim", pa.int64()),
+        pa.field("search_seconds", pa.float64()),
+    ]
+)
+"""What one (supplier, catalogue block, query block) search task of the pairs stage returns for a
+supplier searched in catalogue blocks: ``kind`` is "hit" (query ``listing_id`` meets ``match_id``
+of the block at ``similarity``; a query's best hits within the budget, ties to the lower id);
+"cut" for a query that had more hits in the block than the budget (the rest null); or "task", one
+row with the task's size (``queries`` x ``catalogue_rows`` at width ``dim``) and search seconds."""
+
 GROUP_INPUT_ROWS = pa.schema(
     [
         pa.field("kind", pa.string()),

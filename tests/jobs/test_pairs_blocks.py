@@ -1,10 +1,18 @@
-"""The pairs stage's query blocks on real Spark: a supplier split into blocks gives the one-block answer.
+"""The pairs stage's blocks on real Spark: however a supplier is split, the answer is the one-task answer.
 
-Two new listings in different blocks find each other from both; the union must hold the pair
-once, with the same rows as when the supplier is searched in one block.
+Query blocks: two new listings in different blocks find each other from both; the union must hold
+the pair once, with the same rows as when the supplier is searched in one block.
+
+Catalogue blocks: a supplier whose catalogue is bigger than ``dedup.catalogue_block_size`` is
+searched as (catalogue block x query block) tasks, its per-query budget merged over the blocks,
+its verifier's neighbour lists from a second blocked search; with the shipped verifier (whose
+neighbour features see those lists) and the hybrid's lexical part, the pairs, similarities,
+probabilities and saturated queries must equal the whole-catalogue path's.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +23,8 @@ from encoder.config import EncoderConfig
 from schemas.vectors import pack_vectors
 
 pytestmark = pytest.mark.spark
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _frames(spark):
@@ -40,6 +50,11 @@ def _frames(spark):
     return spark.createDataFrame(queries), spark.createDataFrame(catalogue)
 
 
+def _rows(search) -> pd.DataFrame:
+    rows = search.pairs.toPandas().sort_values(["listing_id_l", "listing_id_r"]).reset_index(drop=True)
+    return rows
+
+
 @pytest.mark.parametrize("block_size", [1, 2])
 def test_blocks_give_each_pair_once_and_the_one_block_rows(spark, block_size):
     from jobs.pairs import find_supplier_pairs
@@ -48,10 +63,10 @@ def test_blocks_give_each_pair_once_and_the_one_block_rows(spark, block_size):
 
     def run(size):
         config = DedupConfig(min_similarity=0.9, query_block_size=size, verifier="")
-        pairs, _saturated, found = find_supplier_pairs(queries, catalogue, config, "2024-03-01", EncoderConfig())
-        rows = pairs.toPandas().sort_values(["listing_id_l", "listing_id_r"]).reset_index(drop=True)
-        tasks = found.filter("kind = 'candidates'").count()
-        found.unpersist()
+        search = find_supplier_pairs(queries, catalogue, config, "2024-03-01", EncoderConfig())
+        rows = _rows(search)
+        tasks = search.found.filter("kind = 'candidates'").count()
+        search.release()
         return rows, tasks
 
     whole, one_task = run(100)
@@ -63,3 +78,87 @@ def test_blocks_give_each_pair_once_and_the_one_block_rows(spark, block_size):
         ("l2", "l5"),
     ]
     pd.testing.assert_frame_equal(split, whole)
+
+
+def _catalogue(rng: np.random.Generator, supplier: str, n: int, dim: int = 24) -> pd.DataFrame:
+    """n listings in families of near-copies (shared model code, reworded titles), some with photos."""
+    families = rng.normal(size=(n // 4 + 1, dim)).astype(np.float32)
+    family = np.arange(n) // 4
+    m = families[family] + 0.25 * rng.normal(size=(n, dim)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    i = families[family] + 0.1 * rng.normal(size=(n, dim)).astype(np.float32)
+    i /= np.linalg.norm(i, axis=1, keepdims=True)
+    has_image = rng.random(n) < 0.5
+    words = ["Acme", "Bolt", "Cobalt", "Delta", "Ember", "Flux"]
+    titles = [
+        f"{words[f % 6]} {['drill', 'kettle', 'lamp'][f % 3]} {'X' if k % 2 else 'x'}{f:03d}-{k % 3} {k % 4}L"
+        for k, f in enumerate(family)
+    ]
+    return pd.DataFrame(
+        {
+            "supplier_id": supplier,
+            "listing_id": [f"{supplier}-{k:03d}" for k in range(n)],
+            "emb_m": pack_vectors(m),
+            "emb_t": pack_vectors(m),
+            "emb_i": pack_vectors(np.where(has_image[:, None], i, 0.0).astype(np.float32)),
+            "has_text": True,
+            "has_image": has_image,
+            "title": titles,
+            "brand": [words[f % 6] for f in family],
+            "price": 10.0 + family.astype(float),
+            "currency": "EUR",
+            "model_version": "mv",
+        }
+    )
+
+
+def test_a_catalogue_split_into_blocks_gives_the_whole_catalogue_answer(spark):
+    from jobs.pairs import find_supplier_pairs
+
+    rng = np.random.default_rng(11)
+    catalogue = pd.concat([_catalogue(rng, "big", 46), _catalogue(rng, "small", 6)], ignore_index=True)
+    # every other listing is new tonight: pairs of two new listings, and of a new and an old one
+    queries = catalogue.iloc[::2]
+    catalogue_df, queries_df = spark.createDataFrame(catalogue), spark.createDataFrame(queries)
+    encoder = EncoderConfig(
+        lexical_weight=0.2, lexical_buckets=2048, lexical_idf=str(ROOT / "encoder/weights/lexical-idf.npy")
+    )
+
+    def run(catalogue_block_size: int, query_block_size: int):
+        config = DedupConfig(
+            min_similarity=0.35,
+            max_results_per_query=6,  # a few queries have more hits: the budget merge is exercised
+            query_block_size=query_block_size,
+            catalogue_block_size=catalogue_block_size,
+            verifier=str(ROOT / "dedup/weights/verifier.json"),
+            min_probability=0.05,
+        )
+        search = find_supplier_pairs(queries_df, catalogue_df, config, "2024-03-01", encoder)
+        rows = _rows(search)
+        saturated = sorted(r[1] for r in search.saturated.collect())
+        tasks = search.found.filter("kind = 'candidates' and queries is not null").toPandas()
+        candidates = int(search.found.filter("kind = 'candidates'").toPandas()["candidates"].sum())
+        blocked = search.blocked_suppliers
+        search.release()
+        return rows, saturated, tasks, candidates, blocked
+
+    # one task per supplier (each candidate counted once), against 5-query x 7-row tasks
+    whole, whole_saturated, whole_tasks, whole_candidates, none = run(1000, 1000)
+    split, split_saturated, split_tasks, split_candidates, blocked = run(7, 5)
+
+    assert none == [] and blocked == ["big"]
+    # big: 23 queries in 5 query blocks x 46 rows in 7 catalogue blocks; small: 1 task, whole
+    big = split_tasks[split_tasks["supplier_id"] == "big"]
+    assert len(big) == 5 * 7 and big["catalogue_rows"].max() <= 7
+    assert big["queries"].sum() == 23 * 7 and big["catalogue_rows"].sum() == 46 * 5
+    assert sorted(whole_tasks["catalogue_rows"]) == [6, 46]
+    # the data exercises what the merge must get right
+    assert whole_saturated and len(whole) >= 20 and whole["match_score"].min() < whole["match_score"].max()
+    assert split_saturated == whole_saturated
+    assert split_candidates == whole_candidates
+    assert list(zip(split["listing_id_l"], split["listing_id_r"], strict=True)) == list(
+        zip(whole["listing_id_l"], whole["listing_id_r"], strict=True)
+    )
+    for column in ("similarity_m", "similarity_t", "similarity_i", "match_score"):
+        np.testing.assert_allclose(split[column], whole[column], atol=1e-5, err_msg=column)
+    assert split["similarity_i"].isna().tolist() == whole["similarity_i"].isna().tolist()

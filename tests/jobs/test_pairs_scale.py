@@ -2,8 +2,9 @@
 
 The shipped configuration (conf/sspr.toml: the hybrid encoder's lexical part recomputed from the
 titles, the pair verifier, Spark's configured heaps) on synthetic vectors of the stored width with
-planted duplicates: the night must complete, split the supplier into query-block tasks, and find
-every planted pair. The earlier layout ran out of the JVM heap on 4,688 listings of one supplier.
+planted duplicates: the night must complete, split the supplier into (query block x catalogue
+block) tasks, and find every planted pair. The earlier layout ran out of the JVM heap on 4,688
+listings of one supplier.
 """
 
 from __future__ import annotations
@@ -145,10 +146,12 @@ def test_a_night_of_one_50000_listing_supplier_runs_the_pairs_stage(spark, pipel
     assert result.rows_in == N
     details = result.details
     assert details["catalogue_size"] == N
-    # the supplier is split into query blocks, each searching the whole catalogue
-    assert details["search_tasks"] == math.ceil(N / shipped.dedup.query_block_size)
+    # the supplier is split into (query block x catalogue block) tasks: no task holds its whole catalogue
+    blocks = math.ceil(N / shipped.dedup.catalogue_block_size)
+    assert blocks > 1 and details["blocked_suppliers"] == 1
+    assert details["search_tasks"] == math.ceil(N / shipped.dedup.query_block_size) * blocks
     assert details["largest_task"]["supplier_id"] == "big"
-    assert details["largest_task"]["catalogue_rows"] == N
+    assert details["largest_task"]["catalogue_rows"] == shipped.dedup.catalogue_block_size
     assert details["search_gflop"] == pytest.approx(
         N * N * (stored_dim(shipped.encoder) + shipped.encoder.lexical_buckets) * 2 / 1e9, rel=1e-3
     )

@@ -274,6 +274,32 @@ def test_pairs_and_groups_within_supplier_against_catalogue(spark, pipeline_conf
     assert sorted((p["listing_id_l"], p["listing_id_r"]) for p in _table_rows(config, "pairs", d2).to_pylist()) == got
     assert len(_table_rows(config, "group_members", d2)) == 3
 
+    # A catalogue bigger than dedup.catalogue_block_size is searched in (catalogue block x query
+    # block) tasks: s1's 5 rows in blocks of 2 give the rows of the whole-catalogue task, and a
+    # rerun gives the same values.
+    import dataclasses
+
+    blocked = dataclasses.replace(config, dedup=dataclasses.replace(config.dedup, catalogue_block_size=2))
+    result = _run_chained(spark, blocked, "pairs", d2)
+    assert result.details["blocked_suppliers"] == 1 and result.details["catalogue_block_size"] == 2
+    assert result.details["search_tasks"] == 3  # one query block x 3 catalogue blocks
+    assert result.details["largest_task"]["catalogue_rows"] == 2 and result.rows_out == 3
+
+    def by_pair_rows():
+        rows = _check_contract(blocked, "pairs", d2).to_pylist()
+        return {(r["listing_id_l"], r["listing_id_r"]): r for r in rows}
+
+    split = by_pair_rows()
+    assert sorted(split) == got
+    for key, row in split.items():
+        for column in ("similarity_m", "similarity_t", "similarity_i"):
+            if by_pair[key][column] is None:
+                assert row[column] is None
+            else:
+                assert row[column] == pytest.approx(by_pair[key][column], abs=1e-6)
+    _run_chained(spark, blocked, "pairs", d2)
+    assert by_pair_rows() == split
+
 
 def test_pairs_rerun_with_higher_threshold_drops_the_old_partition_rows(spark, pipeline_config):
     import dataclasses
