@@ -55,6 +55,10 @@ class EncoderConfig:
     image_weight: float = 1.0  # weight of the image part in the fused vector m (> 0)
     num_threads: int = 0  # torch.set_num_threads, process-wide; 0 = torch default; Spark: task cpus
     max_image_pixels: int = 40_000_000  # width*height above which an image is "image_too_large"
+    # threads that decode a batch's images (PIL releases the GIL while it decodes and resizes);
+    # does not change the vectors. 1 = in the encoding thread; raise it where a GPU encodes
+    # faster than one CPU thread decodes
+    decode_threads: int = 1
     # kind="sspr" only: safetensors file of the trained adapters/projections (encoder.sspr
     # save_trainable); "" = the untrained, seeded init. Base weights still come from the packages.
     weights: str = ""
@@ -89,6 +93,8 @@ class EncoderConfig:
                 problems.append(f"encoder.{name}={value!r} must be a finite number > 0")
         if not _is_int(self.num_threads) or self.num_threads < 0:
             problems.append(f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 (0 = torch default)")
+        if not _is_int(self.decode_threads) or self.decode_threads < 1:
+            problems.append(f"encoder.decode_threads={self.decode_threads!r} must be an integer >= 1")
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
             problems.append(f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
         if not isinstance(self.weights, str):

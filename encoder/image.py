@@ -31,6 +31,7 @@ import io
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -102,6 +103,31 @@ def decode_image(
         logger.debug("image rejected as %s: %s: %s", reason, type(exc).__name__, exc)
         return None, reason
     return _to_tensor(rgb), None
+
+
+def decode_images(
+    images: Sequence[bytes],
+    image_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    threads: int = 1,
+) -> list[tuple[torch.Tensor | None, str | None]]:
+    """``decode_image`` of each image, in order, on up to ``threads`` threads.
+
+    PIL releases the GIL while it decodes and resizes, so threads decode side by side; each
+    image's result is the one ``decode_image`` gives alone.
+
+    Args:
+        images: raw image files (bytes, no None).
+        image_size, max_pixels: as for ``decode_image``.
+        threads: decoding threads (1 = this thread).
+
+    Returns:
+        One ``(tensor, None)`` or ``(None, reason)`` per image, in the input order.
+    """
+    if threads <= 1 or len(images) < 2:
+        return [decode_image(data, image_size, max_pixels) for data in images]
+    with ThreadPoolExecutor(max_workers=min(threads, len(images)), thread_name_prefix="decode") as pool:
+        return list(pool.map(lambda data: decode_image(data, image_size, max_pixels), images))
 
 
 def _is_int(value: object) -> bool:

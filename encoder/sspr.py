@@ -106,7 +106,7 @@ from encoder.base import (
     version_from_settings,
 )
 from encoder.config import IMAGE_DIM, SSPR_DIM, TEXT_DIM, EncoderConfig
-from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_image
+from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_images
 from encoder.text import TextTower, mean_pool
 
 logger = logging.getLogger(__name__)
@@ -538,10 +538,14 @@ class SsprEncoder(nn.Module):
                 for start in range(0, n, self.config.batch_size):
                     chunk = order[start : start + self.config.batch_size]
                     pixels: dict[int, torch.Tensor] = {}
-                    for k in chunk:
-                        if k not in given:
-                            continue
-                        tensor, reason = decode_image(images[k], self.config.image_size, self.config.max_image_pixels)
+                    with_image = [k for k in chunk if k in given]
+                    decoded = decode_images(
+                        [images[k] for k in with_image],
+                        self.config.image_size,
+                        self.config.max_image_pixels,
+                        self.config.decode_threads,
+                    )
+                    for k, (tensor, reason) in zip(with_image, decoded, strict=True):
                         if tensor is None:
                             image_error[k] = reason
                         else:

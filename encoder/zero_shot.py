@@ -39,7 +39,8 @@ Model version
 * the preprocessing settings: text_max_tokens, image_size, the fusion weights, the pooling, the
   image preprocessing and the fusion rule.
 
-Vectors with the same ``model_version`` are comparable. batch_size, device and num_threads are
+Vectors with the same ``model_version`` are comparable. batch_size, device, num_threads and
+decode_threads are
 left out: they do not change the vectors beyond float noise. max_image_pixels is left out too:
 it decides which images are used, not how they are encoded.
 """
@@ -63,7 +64,7 @@ from encoder.base import (
     version_from_settings,
 )
 from encoder.config import IMAGE_DIM, KIND_DIMS, TEXT_DIM, EncoderConfig
-from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_image
+from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_images
 from encoder.text import TEXT_POOLING, TextTower
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,14 @@ class ZeroShotEncoder:
         chunk_size = self.config.batch_size
         for start in range(0, len(given), chunk_size):
             pixels: list[torch.Tensor] = []
-            for k in given[start : start + chunk_size]:
-                tensor, reason = decode_image(images[k], self.config.image_size, self.config.max_image_pixels)
+            chunk = given[start : start + chunk_size]
+            decoded = decode_images(
+                [images[k] for k in chunk],
+                self.config.image_size,
+                self.config.max_image_pixels,
+                self.config.decode_threads,
+            )
+            for k, (tensor, reason) in zip(chunk, decoded, strict=True):
                 if tensor is None:
                     errors[k] = reason
                 else:

@@ -229,11 +229,69 @@ def searchable_vectors(stored: pd.Series, lexical: np.ndarray | None, encoder_co
 
 
 def catalogue_lexical(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> np.ndarray | None:
-    """float32 [n, buckets] the catalogue rows' lexical title vectors, or None without a hybrid."""
+    """float32 [n, buckets] the catalogue rows' lexical title vectors, or None without a hybrid.
+
+    From the rows' ``LEXICAL_TERMS`` where they carry them (``with_lexical_terms``: computed
+    once per listing), else from their titles.
+    """
     if encoder_config.lexical_weight <= 0:
         return None
+    if LEXICAL_TERMS[0] in catalogue.columns:
+        return dense_lexical(catalogue[LEXICAL_TERMS[0]], catalogue[LEXICAL_TERMS[1]], encoder_config.lexical_buckets)
     titles = [_value(t) for t in catalogue["title"]]
     return get_lexical(encoder_config).transform(titles, catalogue["has_text"].to_numpy(bool))
+
+
+LEXICAL_TERMS = ("lexical_index", "lexical_value")
+"""Columns of a row's non-zero lexical title weights: bucket numbers and their float32 values."""
+
+
+def lexical_terms(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> tuple[list, list]:
+    """Each row's non-zero lexical title weights (``LEXICAL_TERMS``): int32 buckets and float32 values."""
+    if catalogue.empty:
+        return [], []
+    dense = catalogue_lexical(catalogue, encoder_config)
+    rows, columns = np.nonzero(dense)
+    splits = np.searchsorted(rows, np.arange(1, len(catalogue)))
+    values = dense[rows, columns]
+    return np.split(columns.astype(np.int32), splits), np.split(values, splits)
+
+
+def dense_lexical(index: pd.Series, value: pd.Series, buckets: int) -> np.ndarray:
+    """float32 [n, buckets] lexical vectors from ``LEXICAL_TERMS``: the very values ``lexical_terms`` took."""
+    out = np.zeros((len(index), buckets), dtype=np.float32)
+    lengths = np.fromiter((len(v) for v in index), dtype=np.int64, count=len(index))
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(index)), lengths)
+        out[rows, np.concatenate(list(index))] = np.concatenate(list(value)).astype(np.float32)
+    return out
+
+
+def with_lexical_terms(frame, encoder_config: EncoderConfig):
+    """Spark rows with their ``LEXICAL_TERMS`` added, so later tasks densify instead of re-reading titles.
+
+    A catalogue searched in blocks meets every query block (and the neighbour search): its
+    lexical part, a Python loop over titles, is computed here once per listing instead of once
+    per task. Without a hybrid encoder the rows are returned as they are.
+    """
+    from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
+
+    if encoder_config.lexical_weight <= 0:
+        return frame
+    schema = StructType(
+        [
+            *frame.schema.fields,
+            StructField(LEXICAL_TERMS[0], ArrayType(IntegerType())),
+            StructField(LEXICAL_TERMS[1], ArrayType(FloatType())),
+        ]
+    )
+
+    def add(batches):
+        for batch in batches:
+            index, value = lexical_terms(batch, encoder_config)
+            yield batch.assign(**{LEXICAL_TERMS[0]: index, LEXICAL_TERMS[1]: value})
+
+    return frame.mapInPandas(add, schema=schema)
 
 
 def catalogue_digest(catalogue: pd.DataFrame, encoder_config: EncoderConfig) -> str:
@@ -543,6 +601,7 @@ def search_in_blocks(queries, catalogue, min_similarity: float, budget: int, ded
     columns = ["listing_id", "emb_m", "has_text", "model_version"]
     if encoder_config.lexical_weight > 0:
         columns.append("title")
+        columns += [c for c in LEXICAL_TERMS if c in catalogue.columns and c in queries.columns]
     by_id = Window.partitionBy("supplier_id").orderBy("listing_id")
 
     def fresh(frame):
@@ -718,6 +777,14 @@ def find_pairs_in_blocks(queries, catalogue, dedup_config: DedupConfig, encoder_
     from pyspark.sql import functions as F
 
     budget = dedup_config.max_results_per_query
+    cached = []
+    if encoder_config.lexical_weight > 0:
+        catalogue = with_lexical_terms(catalogue, encoder_config).persist()
+        cached.append(catalogue)
+        # the queries are catalogue rows: take them with their terms
+        queries = catalogue.join(
+            queries.select("supplier_id", "listing_id"), on=["supplier_id", "listing_id"], how="left_semi"
+        )
     hits = search_in_blocks(
         queries, catalogue, dedup_config.min_similarity, budget, dedup_config, encoder_config
     ).persist()
@@ -735,7 +802,8 @@ def find_pairs_in_blocks(queries, catalogue, dedup_config: DedupConfig, encoder_
         one_way.withColumn("_rank", F.row_number().over(larger_first)).filter("_rank = 1").drop("_rank").persist()
     )
     extra = [c for c in VERIFIER_COLUMNS if dedup_config.verifier or (c == "title" and encoder_config.lexical_weight)]
-    evidence = catalogue.select("supplier_id", "listing_id", *LISTING_EVIDENCE, *extra)
+    terms = [c for c in LEXICAL_TERMS if c in catalogue.columns]
+    evidence = catalogue.select("supplier_id", "listing_id", *LISTING_EVIDENCE, *extra, *terms)
     if dedup_config.verifier:
         verifier = get_verifier(dedup_config.verifier)
         touched = (
@@ -782,7 +850,7 @@ def find_pairs_in_blocks(queries, catalogue, dedup_config: DedupConfig, encoder_
     )
     saturated = cut.select(F.lit("saturated").alias("kind"), "supplier_id", F.col("listing_id").alias("listing_id_l"))
     found = verified.unionByName(tasks, allowMissingColumns=True).unionByName(saturated, allowMissingColumns=True)
-    return found.select(*PAIR_SEARCH_ROWS.names), [hits, candidates]
+    return found.select(*PAIR_SEARCH_ROWS.names), [*cached, hits, candidates]
 
 
 class SupplierSearch(NamedTuple):

@@ -259,3 +259,19 @@ def test_encode_images_batches_match_single_pass(tower: ImageTower) -> None:
 def test_encode_images_rejects_wrong_size(tower: ImageTower) -> None:
     with pytest.raises(ValueError, match="decode_image"):
         tower.encode_images([torch.zeros(3, 64, 64)])
+
+
+def test_decode_images_on_threads_gives_each_image_its_own_result_in_order() -> None:
+    from encoder.image import decode_images
+
+    images = [_rgb_jpeg(color=(10 * k, 200 - 10 * k, 30)) for k in range(6)]
+    images[2] = b"not an image"
+    images[4] = b""
+    alone = [decode_image(data, SIZE) for data in images]
+    for threads in (1, 3, 8):
+        together = decode_images(images, SIZE, threads=threads)
+        assert [reason for _, reason in together] == [reason for _, reason in alone]
+        for (got, _), (want, _) in zip(together, alone, strict=True):
+            assert (got is None and want is None) or torch.equal(got, want)
+    assert [r for _, r in alone] == [None, None, "undecodable", None, "empty_bytes", None]
+    assert decode_images([], SIZE, threads=4) == []

@@ -494,3 +494,14 @@ def test_missing_weights_file_fails_the_build(tmp_path: Path) -> None:
         build_encoder(cfg)
     with pytest.raises(ValueError, match="cannot be read"):
         compute_model_version(cfg)
+
+
+def test_decoding_images_on_threads_gives_the_same_vectors(
+    config: EncoderConfig, encoded: EncodedListings, mixed: tuple[list, list]
+) -> None:
+    threaded = build_encoder(dataclasses.replace(config, decode_threads=3))
+    assert threaded.model_version == encoded.model_version  # a speed setting, not a vector setting
+    again = threaded.encode(*mixed)
+    assert again.image_error == encoded.image_error and again.has_image.tolist() == encoded.has_image.tolist()
+    for view in ("m", "t", "i"):
+        np.testing.assert_array_equal(getattr(again, view), getattr(encoded, view))

@@ -162,3 +162,33 @@ def test_a_catalogue_split_into_blocks_gives_the_whole_catalogue_answer(spark):
     for column in ("similarity_m", "similarity_t", "similarity_i", "match_score"):
         np.testing.assert_allclose(split[column], whole[column], atol=1e-5, err_msg=column)
     assert split["similarity_i"].isna().tolist() == whole["similarity_i"].isna().tolist()
+
+
+def test_a_skewed_night_is_planned_into_bounded_tasks_that_cover_every_comparison_once(spark):
+    from jobs.pairs import find_supplier_pairs
+
+    rng = np.random.default_rng(5)
+    # one giant supplier beside Zipf-like small ones
+    sizes = {"giant": 60, **{f"s{k}": max(1, 24 // (k + 1)) for k in range(8)}}
+    catalogue = pd.concat([_catalogue(rng, s, n) for s, n in sizes.items()], ignore_index=True)
+    queries = catalogue.iloc[::3]
+    new = queries.groupby("supplier_id").size().to_dict()
+    config = DedupConfig(min_similarity=0.5, query_block_size=8, catalogue_block_size=16, verifier="")
+    search = find_supplier_pairs(
+        spark.createDataFrame(queries), spark.createDataFrame(catalogue), config, "2024-03-01", EncoderConfig()
+    )
+    tasks = search.found.filter("kind = 'candidates' and queries is not null").toPandas()
+    pairs = search.pairs.toPandas()
+    search.release()
+
+    assert search.blocked_suppliers == ["giant", "s0"]  # 60 and 24 rows > 16
+    # no task is bigger than a query block x a catalogue block
+    assert tasks["queries"].max() <= 8 and tasks["catalogue_rows"].max() <= 16
+    # every (new listing, catalogue listing) comparison of a supplier is made exactly once
+    work = (tasks["queries"] * tasks["catalogue_rows"]).groupby(tasks["supplier_id"]).sum().to_dict()
+    assert work == {s: new[s] * sizes[s] for s in new}
+    assert len(pairs) > 0 and (pairs["listing_id_l"] < pairs["listing_id_r"]).all()
+    assert all(
+        l.split("-")[0] == r.split("-")[0] == s
+        for l, r, s in pairs[["listing_id_l", "listing_id_r", "supplier_id"]].itertuples(index=False)
+    )

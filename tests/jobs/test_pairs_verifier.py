@@ -153,3 +153,19 @@ def test_the_search_summary_of_a_night_without_tasks_is_empty_not_an_error():
     assert summary["search_tasks"] == 0 and summary["largest_task"] is None and summary["search_gflops"] is None
     # and a task too fast to time has no speed rather than a division by zero
     assert summarise_search(_tasks(("s", 0, 1, 1, 4, 0.0)))["search_gflops"] is None
+
+
+def test_lexical_terms_give_back_the_very_lexical_vectors():
+    from jobs.pairs import LEXICAL_TERMS, catalogue_lexical, dense_lexical, lexical_terms
+
+    encoder = EncoderConfig(lexical_weight=0.2, lexical_buckets=64)
+    rows = _catalogue()  # one row has no title: an empty term list
+    index, value = lexical_terms(rows, encoder)
+    assert [len(i) for i in index][3] == 0 and all(len(i) > 5 for i in index[:3])
+    assert all(i.dtype == np.int32 and v.dtype == np.float32 for i, v in zip(index, value, strict=True))
+    dense = dense_lexical(pd.Series(index), pd.Series(value), 64)
+    np.testing.assert_array_equal(dense, catalogue_lexical(rows, encoder))
+    # rows carrying their terms are densified, not re-read from the (here blanked) titles
+    carried = rows.assign(title=None, **{LEXICAL_TERMS[0]: index, LEXICAL_TERMS[1]: value})
+    np.testing.assert_array_equal(catalogue_lexical(carried, encoder), dense)
+    assert lexical_terms(rows.iloc[:0], encoder) == ([], [])
