@@ -823,18 +823,19 @@ def find_pairs_in_blocks(queries, catalogue, dedup_config: DedupConfig, encoder_
         evidence = evidence.join(neighbours, on=["supplier_id", "listing_id"], how="left")
     else:
         evidence = evidence.withColumn("neighbours", F.lit(None).cast("array<float>"))
-    joined = candidates
+    # blocks of candidates numbered before the vectors are joined on: the window sorts a giant
+    # supplier's candidates in one task, so its rows stay small
+    in_order = Window.partitionBy("supplier_id").orderBy("listing_id_l", "listing_id_r")
+    blocked = candidates.withColumn(
+        "pair_block", F.floor((F.row_number().over(in_order) - 1) / dedup_config.query_block_size)
+    )
     for side in ("l", "r"):
         named = evidence.select(
             F.col("supplier_id").alias("supplier_id"),
             F.col("listing_id").alias(f"listing_id_{side}"),
             *[F.col(c).alias(f"{side}_{c}") for c in evidence.columns if c not in ("supplier_id", "listing_id")],
         )
-        joined = joined.join(named, on=["supplier_id", f"listing_id_{side}"])
-    in_order = Window.partitionBy("supplier_id").orderBy("listing_id_l", "listing_id_r")
-    blocked = joined.withColumn(
-        "pair_block", F.floor((F.row_number().over(in_order) - 1) / dedup_config.query_block_size)
-    )
+        blocked = blocked.join(named, on=["supplier_id", f"listing_id_{side}"])
     verified = blocked.groupBy("supplier_id", "pair_block").applyInPandas(
         lambda key, rows: verify_pair_block(key, rows, dedup_config, encoder_config), schema=to_ddl(PAIR_SEARCH_ROWS)
     )
