@@ -38,6 +38,15 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _MAX_TEXT_TOKENS = 512
 
 
+LORA_LAYERS: tuple[str, ...] = ("query", "key", "value", "attention_output", "intermediate", "output")
+"""The linear layers of each MiniLM block that ``encoder.lora_targets`` may adapt, in block order."""
+
+
+def lora_target_list(targets: str) -> list[str]:
+    """``encoder.lora_targets`` as a list of layer names (stripped, empty parts dropped)."""
+    return [t.strip() for t in targets.split(",") if t.strip()]
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Settings of the listing encoder (zero-shot towers + fusion).
@@ -62,6 +71,11 @@ class EncoderConfig:
     # kind="sspr" only: safetensors file of the trained adapters/projections (encoder.sspr
     # save_trainable); "" = the untrained, seeded init. Base weights still come from the packages.
     weights: str = ""
+    # kind="sspr" only: MiniLM's linear layers that carry LoRA adapters, comma-separated, of
+    # LORA_LAYERS (the attention's query, key, value and its output projection
+    # "attention_output", the feed-forward "intermediate" and "output"); part of the architecture
+    # a weights file is saved for
+    lora_targets: str = "query,value"
     # Hybrid (encoder.hybrid): weight w of the hashed character n-gram similarity of the titles
     # (encoder.lexical) in every similarity; 0 = the pure neural encoder. In [0, 1).
     lexical_weight: float = 0.0
@@ -97,6 +111,12 @@ class EncoderConfig:
             problems.append(f"encoder.decode_threads={self.decode_threads!r} must be an integer >= 1")
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:
             problems.append(f"encoder.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
+        targets = lora_target_list(self.lora_targets) if isinstance(self.lora_targets, str) else None
+        if not targets or len(set(targets)) != len(targets) or not set(targets) <= set(LORA_LAYERS):
+            problems.append(
+                f"encoder.lora_targets={self.lora_targets!r} must name distinct layers of {list(LORA_LAYERS)}, "
+                "comma-separated (the shipped model: 'query,value')"
+            )
         if not isinstance(self.weights, str):
             problems.append(f"encoder.weights={self.weights!r} must be a path string ('' = untrained init)")
         elif self.weights and self.kind != "sspr":

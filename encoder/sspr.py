@@ -105,7 +105,7 @@ from encoder.base import (
     resolve_device,
     version_from_settings,
 )
-from encoder.config import IMAGE_DIM, SSPR_DIM, TEXT_DIM, EncoderConfig
+from encoder.config import IMAGE_DIM, LORA_LAYERS, SSPR_DIM, TEXT_DIM, EncoderConfig, lora_target_list
 from encoder.image import IMAGE_PREPROCESSING, ImageTower, decode_images
 from encoder.text import TextTower, mean_pool
 
@@ -114,18 +114,42 @@ logger = logging.getLogger(__name__)
 INIT_SEED = 20230430  # seeds the trainable parts when EncoderConfig.weights == ""
 LORA_RANK = 8
 LORA_ALPHA = 16.0
-LORA_TARGETS: tuple[str, ...] = ("query", "value")  # MiniLM attention projections adapted
+LORA_TARGETS: tuple[str, ...] = ("query", "value")  # the default encoder.lora_targets (the shipped model)
 
 # Bump when code changes alter the vectors without changing a config field or a weight file.
 _ENCODER_REVISION = "sspr/1"
-# Everything about the layout that a weights file depends on. A file saved under another
-# string is refused by load_trainable, and the string is part of model_version.
-_ARCHITECTURE = (
-    f"cross-bert[minilm-l6]:[CLS]text[SEP]|effnet-lite0-patches;"
-    f"lora[{','.join(LORA_TARGETS)}]r={LORA_RANK},alpha={LORA_ALPHA:g};"
-    f"patch=linear1280+pos+segment+ln;pool=mean-attended;head=linear{TEXT_DIM}x{SSPR_DIM}"
-    "-nobias;l2;masks:t=cls+text,i=cls+image,m=all"
-)
+
+
+def lora_targets(config: EncoderConfig) -> tuple[str, ...]:
+    """The layers ``config.lora_targets`` adapts, in block order (so the order written does not matter)."""
+    named = set(lora_target_list(config.lora_targets))
+    return tuple(layer for layer in LORA_LAYERS if layer in named)
+
+
+def architecture(targets: Sequence[str] = LORA_TARGETS) -> str:
+    """Everything about the layout that a weights file depends on, for adapters on ``targets``.
+
+    A file saved under another string is refused by ``load_trainable``, and the string is part
+    of ``model_version``.
+    """
+    return (
+        f"cross-bert[minilm-l6]:[CLS]text[SEP]|effnet-lite0-patches;"
+        f"lora[{','.join(targets)}]r={LORA_RANK},alpha={LORA_ALPHA:g};"
+        f"patch=linear1280+pos+segment+ln;pool=mean-attended;head=linear{TEXT_DIM}x{SSPR_DIM}"
+        "-nobias;l2;masks:t=cls+text,i=cls+image,m=all"
+    )
+
+
+def _adapted_parent(block: nn.Module, layer: str) -> tuple[nn.Module, str]:
+    """The module holding one of ``LORA_LAYERS`` in a MiniLM block, and its attribute name."""
+    return {
+        "query": (block.attention.self, "query"),
+        "key": (block.attention.self, "key"),
+        "value": (block.attention.self, "value"),
+        "attention_output": (block.attention.output, "dense"),
+        "intermediate": (block.intermediate, "dense"),
+        "output": (block.output, "dense"),
+    }[layer]
 
 
 @dataclass(frozen=True)
@@ -290,14 +314,10 @@ class SsprEncoder(nn.Module):
         self.image_tower = ImageTower(config.image_size, self.device, config.batch_size)
         bert = self.text_tower.model
         generator = torch.Generator().manual_seed(INIT_SEED)
-        for layer in bert.encoder.layer:
-            attention = layer.attention.self
-            for name in LORA_TARGETS:
-                setattr(
-                    attention,
-                    name,
-                    LoraLinear(getattr(attention, name), LORA_RANK, LORA_ALPHA, generator),
-                )
+        for block in bert.encoder.layer:
+            for layer in lora_targets(config):
+                parent, name = _adapted_parent(block, layer)
+                setattr(parent, name, LoraLinear(getattr(parent, name), LORA_RANK, LORA_ALPHA, generator))
         grid = config.image_size // 32  # EfficientNet downsamples by 32
         self.patch_embedding = PatchEmbedding(
             cells=grid * grid,
@@ -603,7 +623,7 @@ def version_settings(config: EncoderConfig, trainable: str | None = None) -> dic
         "revision": _ENCODER_REVISION,
         "kind": config.kind,
         "trainable": trainable,
-        "architecture": _ARCHITECTURE,
+        "architecture": architecture(lora_targets(config)),
         "text_max_tokens": int(config.text_max_tokens),
         "image_size": int(config.image_size),
         "image_preprocessing": IMAGE_PREPROCESSING,
@@ -643,7 +663,7 @@ def save_trainable(model: SsprEncoder, path: str | os.PathLike[str]) -> None:
     }
     # One metadata key only: safetensors writes the metadata map in hash order, so with two keys
     # the same tensors could give different bytes (and a different model_version).
-    data = save(tensors, metadata={"architecture": _ARCHITECTURE})
+    data = save(tensors, metadata={"architecture": architecture(lora_targets(model.config))})
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.write_bytes(data)
@@ -679,10 +699,12 @@ def _load_trainable_bytes(model: SsprEncoder, data: bytes, path: str) -> None:
         raise ValueError(
             f"{path} is not a safetensors file ({type(exc).__name__}: {exc}); write it with encoder.sspr.save_trainable"
         ) from exc
-    if metadata.get("architecture") != _ARCHITECTURE:
+    built = architecture(lora_targets(model.config))
+    if metadata.get("architecture") != built:
         raise ValueError(
-            f"{path} was saved for architecture {metadata.get('architecture')!r}, but this code "
-            f"builds {_ARCHITECTURE!r}; retrain, or use the code version that wrote the file"
+            f"{path} was saved for architecture {metadata.get('architecture')!r}, but this config "
+            f"builds {built!r}; set encoder.lora_targets to the file's, retrain, or use the code "
+            "version that wrote the file"
         )
     params = trainable_parameters(model)
     missing = sorted(set(params) - set(tensors))

@@ -505,3 +505,36 @@ def test_decoding_images_on_threads_gives_the_same_vectors(
     assert again.image_error == encoded.image_error and again.has_image.tolist() == encoded.has_image.tolist()
     for view in ("m", "t", "i"):
         np.testing.assert_array_equal(getattr(again, view), getattr(encoded, view))
+
+
+def test_lora_targets_choose_the_adapted_layers_and_are_part_of_the_architecture(
+    config: EncoderConfig, encoder: SsprEncoder, trained: tuple, tmp_path: Path
+) -> None:
+    from encoder.config import LORA_LAYERS
+
+    every = dataclasses.replace(config, lora_targets="output, query,key,value,intermediate,attention_output")
+    model = build_encoder(every)
+    lora = [n for n in trainable_parameters(model) if "lora_" in n]
+    assert len(lora) == 6 * len(LORA_LAYERS) * 2  # 6 blocks x 6 layers x (A, B)
+    assert any(n.endswith("intermediate.dense.lora_a") for n in lora)
+    assert any(n.endswith("attention.output.dense.lora_b") for n in lora)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.endswith("output.dense.base.weight") for n in frozen)
+    # another layout is another model, and its weights file does not load into the shipped layout
+    assert compute_model_version(every) != compute_model_version(config)
+    path = tmp_path / "every.safetensors"
+    save_trainable(model, path)
+    with pytest.raises(ValueError, match="encoder.lora_targets"):
+        load_trainable(encoder, path)
+    _, shipped_layout = trained
+    with pytest.raises(ValueError, match="saved for architecture"):
+        load_trainable(model, shipped_layout)
+    # the order written does not matter
+    swapped = dataclasses.replace(config, lora_targets="value,query")
+    assert compute_model_version(swapped) == compute_model_version(config)
+
+
+@pytest.mark.parametrize("targets", ["", "query,query", "query,ffn", " , "])
+def test_lora_targets_must_name_distinct_known_layers(targets: str) -> None:
+    with pytest.raises(ValueError, match="encoder.lora_targets"):
+        EncoderConfig(kind="sspr", lora_targets=targets)
