@@ -38,6 +38,9 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _MAX_TEXT_TOKENS = 512
 
 
+AUTOCAST_DTYPES: tuple[str, ...] = ("", "bf16", "fp16")
+"""``encoder.autocast`` values: off, bfloat16, float16."""
+
 LORA_LAYERS: tuple[str, ...] = ("query", "key", "value", "attention_output", "intermediate", "output")
 """The linear layers of each MiniLM block that ``encoder.lora_targets`` may adapt, in block order."""
 
@@ -64,6 +67,10 @@ class EncoderConfig:
     image_weight: float = 1.0  # weight of the image part in the fused vector m (> 0)
     num_threads: int = 0  # torch.set_num_threads, process-wide; 0 = torch default; Spark: task cpus
     max_image_pixels: int = 40_000_000  # width*height above which an image is "image_too_large"
+    # "" (full float32), "bf16" or "fp16": run the sspr model's forward under torch.autocast in
+    # that precision on its device (a GPU's tensor cores); the vectors move beyond float noise,
+    # so a set value is part of model_version
+    autocast: str = ""
     # threads that decode a batch's images (PIL releases the GIL while it decodes and resizes);
     # does not change the vectors. 1 = in the encoding thread; raise it where a GPU encodes
     # faster than one CPU thread decodes
@@ -107,6 +114,10 @@ class EncoderConfig:
                 problems.append(f"encoder.{name}={value!r} must be a finite number > 0")
         if not _is_int(self.num_threads) or self.num_threads < 0:
             problems.append(f"encoder.num_threads={self.num_threads!r} must be an integer >= 0 (0 = torch default)")
+        if self.autocast not in AUTOCAST_DTYPES:
+            problems.append(f"encoder.autocast={self.autocast!r} must be one of {list(AUTOCAST_DTYPES)}")
+        elif self.autocast and self.kind != "sspr":
+            problems.append(f"encoder.autocast={self.autocast!r} is only used by kind='sspr'; set autocast=''")
         if not _is_int(self.decode_threads) or self.decode_threads < 1:
             problems.append(f"encoder.decode_threads={self.decode_threads!r} must be an integer >= 1")
         if not _is_int(self.max_image_pixels) or self.max_image_pixels < 1:

@@ -81,6 +81,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -515,6 +516,18 @@ class SsprEncoder(nn.Module):
         pooled = mean_pool(states, mask)  # [rows, 384]
         return F.normalize(self.head(pooled), p=2, dim=1)  # [rows, 256]
 
+    def _autocast(self):
+        """``torch.autocast`` on the model's device in ``encoder.autocast``'s precision, or a no-op."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.autocast)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _unit(self, vectors: torch.Tensor) -> np.ndarray:
+        """float32 rows of one view; renormalised in float32 after a reduced-precision forward."""
+        vectors = vectors.float()
+        if self.config.autocast:  # unit in bf16 / fp16 is not unit in float32 (zero rows stay zero)
+            vectors = F.normalize(vectors, dim=1)
+        return vectors.cpu().numpy()
+
     def encode(self, titles: Sequence[str | None], images: Sequence[bytes | None]) -> EncodedListings:
         """Encodes listings given as row-aligned titles and raw image bytes.
 
@@ -554,7 +567,7 @@ class SsprEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 for start in range(0, n, self.config.batch_size):
                     chunk = order[start : start + self.config.batch_size]
                     pixels: dict[int, torch.Tensor] = {}
@@ -578,9 +591,9 @@ class SsprEncoder(nn.Module):
                     batch = self.make_batch([title_of[k] for k in rows], [pixels.get(k) for k in rows])
                     out = self(batch.to(self.device))
                     index = np.asarray(rows)
-                    m[index] = out.m.float().cpu().numpy()
-                    t[index] = out.t.float().cpu().numpy()
-                    i[index] = out.i.float().cpu().numpy()
+                    m[index] = self._unit(out.m)
+                    t[index] = self._unit(out.t)
+                    i[index] = self._unit(out.i)
         finally:
             self.train(was_training)
         check_not_empty(has_text, has_image, image_error)
@@ -627,6 +640,8 @@ def version_settings(config: EncoderConfig, trainable: str | None = None) -> dic
         "text_max_tokens": int(config.text_max_tokens),
         "image_size": int(config.image_size),
         "image_preprocessing": IMAGE_PREPROCESSING,
+        # only when set, so float32 models keep their versions
+        **({"autocast": config.autocast} if config.autocast else {}),
     }
 
 

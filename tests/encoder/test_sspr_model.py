@@ -538,3 +538,29 @@ def test_lora_targets_choose_the_adapted_layers_and_are_part_of_the_architecture
 def test_lora_targets_must_name_distinct_known_layers(targets: str) -> None:
     with pytest.raises(ValueError, match="encoder.lora_targets"):
         EncoderConfig(kind="sspr", lora_targets=targets)
+
+
+def test_autocast_runs_the_forward_in_reduced_precision_under_its_own_model_version(
+    config: EncoderConfig, encoded: EncodedListings, mixed: tuple[list, list]
+) -> None:
+    # the GPU path's torch.autocast, run on the CPU here (CPU autocast takes bfloat16 too)
+    half = build_encoder(dataclasses.replace(config, autocast="bf16"))
+    assert half.model_version != encoded.model_version  # the vectors move beyond float noise
+    again = half.encode(*mixed)
+    assert again.has_text.tolist() == encoded.has_text.tolist()
+    assert again.has_image.tolist() == encoded.has_image.tolist()
+    for view in ("m", "t", "i"):
+        full, reduced = getattr(encoded, view), getattr(again, view)
+        present = np.linalg.norm(full, axis=1) > 0
+        assert (np.linalg.norm(reduced, axis=1) > 0).tolist() == present.tolist()
+        np.testing.assert_allclose(np.linalg.norm(reduced[present], axis=1), 1.0, atol=1e-5)  # float32 unit rows
+        cosine = (full[present] * reduced[present]).sum(axis=1)
+        assert cosine.min() > 0.99, view  # the same vectors up to bfloat16 rounding
+        assert not np.array_equal(full, reduced)  # the forward really ran in bfloat16
+
+
+def test_autocast_must_be_a_known_precision_of_the_sspr_encoder() -> None:
+    with pytest.raises(ValueError, match="encoder.autocast"):
+        EncoderConfig(kind="sspr", autocast="int8")
+    with pytest.raises(ValueError, match="only used by kind='sspr'"):
+        EncoderConfig(kind="zero-shot", autocast="bf16")
