@@ -14,6 +14,7 @@ small pandas frames with the columns the evaluation tasks and the trainer need a
 from __future__ import annotations
 
 import collections
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +216,28 @@ def read_wdc_train(shared: Path) -> tuple[pd.DataFrame, pd.Series]:
     if not (shared / WDC_FOLDER).is_dir():
         raise FileNotFoundError(f"{shared / WDC_FOLDER} is missing; pass --shared")
     return read_wdc_offers(shared, (WDC_TRAIN,)), read_wdc_offers(shared, (WDC_VALID, *WDC_TEST))["id"]
+
+
+def in_verifier_share(products, share: float) -> np.ndarray:
+    """Which products belong to the pair verifier's share of the training data.
+
+    A product (a WDC ``cluster_id``, a GroceryStore ``fine_id``) is in the share when the first 32
+    bits of the SHA-256 of its decimal id, as a fraction of 2**32, fall below ``share``: stable
+    across runs, machines and the order of the rows, and the same for the encoder's trainer (which
+    leaves these products out) and the verifier's (which uses only these).
+
+    Args:
+        products: integer product ids.
+        share: ``train.verifier_share`` in [0, 1).
+
+    Returns:
+        bool [n], True = the verifier's product.
+    """
+    ids = [int(x) for x in products]
+    if share <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    fraction = [int(hashlib.sha256(str(x).encode()).hexdigest()[:8], 16) / 2**32 for x in ids]
+    return np.asarray(fraction, dtype=np.float64) < share
 
 
 def subset_pairs(pairs: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:

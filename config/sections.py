@@ -180,6 +180,11 @@ class TrainConfig:
     keep_best: bool = False  # write the weights with the best valid_medium AP (needs eval_every)
     threads: int = 0  # torch threads; 0 = torch's default (all cores)
     init_weights: str = ""  # start from this weights file instead of the seeded init
+    # share of the training products (WDC train_medium clusters, GroceryStore SKUs; chosen by a
+    # stable hash, benchmarks.datasets.in_verifier_share) kept out of the encoder's training for
+    # the pair verifier (training.fit_verifier), so the verifier learns from similarities of pairs
+    # the encoder never saw; 0 = the encoder trains on all of them. In [0, 0.9].
+    verifier_share: float = 0.0
 
     def source_list(self) -> tuple[str, ...]:
         """Returns ``sources`` as a tuple of names."""
@@ -203,6 +208,8 @@ class TrainConfig:
                 problems.append(f"train.{name}={getattr(self, name)} must be >= 0")
         if self.keep_best and self.eval_every == 0:
             problems.append("train.keep_best needs train.eval_every > 0")
+        if not 0.0 <= self.verifier_share <= 0.9:
+            problems.append(f"train.verifier_share={self.verifier_share} must be in [0, 0.9]")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -36,6 +36,7 @@ RESUME_KEYS = (
     "max_steps",
     "top_k",
     "init_weights",
+    "verifier_share",
 )
 
 

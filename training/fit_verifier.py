@@ -14,6 +14,9 @@ Fixed rules (bench/README.md, "Verified matching"), all on WDC, none on a test o
    can be an unrelated product); and 10 shop-like pools of GroceryStore ``train`` photos
    (8 SKUs x 4 photos, titles brand + coarse class, so same-title variants differ only by
    photo), without the SKUs that ``examples/`` lists.
+   With ``train.verifier_share`` > 0 (the encoder's run record must agree) only the products of
+   that share are used — WDC clusters and GroceryStore SKUs the encoder never trained on — so
+   the verifier learns from similarities like those it will meet, not from memorised ones.
 3. **Calibration**: Platt scaling of the ensemble's score on the candidate pairs of
    valid_medium: its pair file plus random catalogues of its offers (as in training), so the
    score is a match probability in dense and in sparse catalogues.
@@ -32,6 +35,7 @@ Exit codes: 0 done, 2 missing datasets or bad settings (the message says which),
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -40,7 +44,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.datasets import WDC_TEST, WDC_TRAIN, WDC_VALID, read_wdc_offers, read_wdc_pairs, shop_pools
+from benchmarks.datasets import (
+    WDC_TEST,
+    WDC_TRAIN,
+    WDC_VALID,
+    in_verifier_share,
+    read_wdc_offers,
+    read_wdc_pairs,
+    shop_pools,
+)
 from config.command import add_shortcut, command_parser, run_command
 from config.errors import DedupError
 from dedup.features import FEATURE_NAMES, parse_listings, pool_pair_features
@@ -373,13 +385,28 @@ def reserved_skus(truth: Path = SAMPLE_TRUTH) -> set[str]:
     return set(frame.loc[frame["supplier_id"].str.startswith("grocer"), "product_id"])
 
 
-def read_training(shared: Path, encoder, encoder_config) -> tuple[list[LabelledPool], list[LabelledPool]]:
+def encoder_seen_offers(offers: pd.DataFrame, verifier_share: float) -> set:
+    """Ids of the WDC training offers the encoder trained on: those outside the verifier's share.
+
+    Args:
+        offers: ``read_wdc_offers`` of ``WDC_TRAIN`` (``id``, ``cluster_id``).
+        verifier_share: ``train.verifier_share``.
+    """
+    return set(offers["id"][~in_verifier_share(offers["cluster_id"], verifier_share)])
+
+
+def read_training(
+    shared: Path, encoder, encoder_config, verifier_share: float = 0.0
+) -> tuple[list[LabelledPool], list[LabelledPool]]:
     """Reads and embeds the training pools and the WDC valid pool.
 
     Args:
         shared: the shared datasets folder.
         encoder: the pipeline's encoder (``encoder.factory.build_encoder``).
         encoder_config: its config (for the lexical vectors of ``char_cosine``).
+        verifier_share: ``train.verifier_share`` the encoder was trained with: when > 0 only
+            the products of that share (``benchmarks.datasets.in_verifier_share``), which the
+            encoder never saw, are trained on.
 
     Returns:
         ``(train pools, valid pools)``: WDC train_medium's pair file (reserved offers left out),
@@ -395,6 +422,17 @@ def read_training(shared: Path, encoder, encoder_config) -> tuple[list[LabelledP
     touching = train_pairs["id_left"].isin(reserved) | train_pairs["id_right"].isin(reserved)
     log.info("%s: %d pairs, %d touch a reserved offer and are left out", WDC_TRAIN, len(train_pairs), touching.sum())
     offers = read_wdc_offers(shared, (WDC_TRAIN, WDC_VALID))
+    if verifier_share > 0:
+        # the encoder trained on every other product: only pairs of two unseen offers are honest
+        # examples of the similarities the verifier will meet
+        seen = encoder_seen_offers(read_wdc_offers(shared, (WDC_TRAIN,)), verifier_share)
+        touching |= train_pairs["id_left"].isin(seen) | train_pairs["id_right"].isin(seen)
+        reserved |= seen
+        log.info(
+            "train.verifier_share %.2f: %d pairs of offers the encoder never saw are kept",
+            verifier_share,
+            int((~touching).sum()),
+        )
     titles = offers["title"].tolist()
     started = time.perf_counter()
     vectors = encode(encoder, titles, [None] * len(titles))
@@ -424,7 +462,10 @@ def read_training(shared: Path, encoder, encoder_config) -> tuple[list[LabelledP
 
     photos, _ = read_grocery(shared)
     skus = reserved_skus()
-    photos = photos[(photos["split"] == "train") & ~photos["fine"].isin(skus)].reset_index(drop=True)
+    photos = photos[(photos["split"] == "train") & ~photos["fine"].isin(skus)]
+    if verifier_share > 0:
+        photos = photos[in_verifier_share(photos["fine_id"], verifier_share)]
+    photos = photos.reset_index(drop=True)
     photos["brand"] = [grocery_title(f, c)[1] for f, c in zip(photos["fine"], photos["coarse"], strict=True)]
     started = time.perf_counter()
     images = [Path(path).read_bytes() for path in photos["path"]]
@@ -438,6 +479,27 @@ def read_training(shared: Path, encoder, encoder_config) -> tuple[list[LabelledP
     )
     pools = grocery_pools(photos, photo_vectors, vectorizer.transform(photos["title"].tolist()))
     return [wdc_train, *wdc_random, *pools], [valid, *valid_random]
+
+
+def encoder_verifier_share(config) -> float:
+    """``train.verifier_share`` of the run that wrote ``encoder.weights`` (its ``<weights>.json``).
+
+    Raises:
+        DedupError: if the config's ``train.verifier_share`` differs from the run's: the
+            verifier would train on pairs the encoder saw, or throw away pairs it did not.
+    """
+    share = config.train.verifier_share
+    weights = config.encoder.weights
+    record = Path(str(weights) + ".json") if weights else None
+    if record is None or not record.is_file():
+        return share
+    ran = float(json.loads(record.read_text()).get("options", {}).get("verifier_share", 0.0))
+    if ran != share:
+        raise DedupError(
+            f"{weights} was trained with train.verifier_share={ran:g} but the config has {share:g}: "
+            f"set train.verifier_share = {ran:g} (the products the encoder never saw) or retrain the encoder"
+        )
+    return share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         shared = Path(config.paths.datasets_dir)
         if not (shared / "wdc_products_80cc20rnd").is_dir():
             raise DedupError(f"WDC Products not found under {shared}; pass --shared with the shared datasets folder")
+        share = encoder_verifier_share(config)
         encoder = build_encoder(config.encoder)
-        train, valid = read_training(shared, encoder, config.encoder)
+        train, valid = read_training(shared, encoder, config.encoder, share)
         idf_digest = LexicalVectorizer(config.encoder.lexical_buckets, config.encoder.lexical_idf).idf_digest
         verifier, summary = fit_verifier(
             train, valid, encoder.model_version, idf_digest, config.dedup.max_results_per_query, args.candidate_recall

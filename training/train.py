@@ -14,6 +14,10 @@ Data (``paths.datasets_dir``, the shared datasets folder):
 * ``grocery``: GroceryStore train-split photos with the constructed titles of the evaluation,
   image + text; same fine class = same product. Every ``train.image_every``-th step is a grocery
   step (when both sources are on), because image steps cost far more than text steps.
+* ``train.verifier_share``: that share of the products of both sources (WDC clusters, GroceryStore
+  SKUs; a stable hash, ``benchmarks.datasets.in_verifier_share``) is left out for the pair
+  verifier (``training.fit_verifier`` trains on them only), so the verifier never learns from
+  pairs the encoder memorised.
 
 Settings: ``[train]`` (every key is also a flag: ``train.max_steps`` is ``--max-steps``), ``[loss]``
 and ``[encoder]`` (text_max_tokens, image_size, device; kind is always ``sspr``). Seeded; logs loss,
@@ -44,6 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score
 
@@ -52,6 +57,7 @@ from benchmarks.datasets import (
     WDC_TEST,
     WDC_TRAIN,
     WDC_VALID,
+    in_verifier_share,
     read_grocery,
     read_wdc_offers,
     read_wdc_pairs,
@@ -86,8 +92,11 @@ def training_encoder(config: PipelineConfig) -> EncoderConfig:
     )
 
 
-def read_training_items(shared: Path, sources: tuple[str, ...]) -> dict:
+def read_training_items(shared: Path, sources: tuple[str, ...], verifier_share: float = 0.0) -> dict:
     """Reads each source's items (``encoder.train_data`` format); logs what was excluded.
+
+    Products in the pair verifier's share (``train.verifier_share``: WDC clusters, GroceryStore
+    SKUs, ``benchmarks.datasets.in_verifier_share``) are left out, like the reserved offers.
 
     Raises:
         FileNotFoundError: if a source's dataset folder is missing.
@@ -95,16 +104,28 @@ def read_training_items(shared: Path, sources: tuple[str, ...]) -> dict:
     items = {}
     if "wdc" in sources:
         offers, reserved = read_wdc_train(shared)
-        items["wdc"], counts = wdc_items(offers, reserved)
+        verifiers = offers["id"][in_verifier_share(offers["cluster_id"], verifier_share)]
+        items["wdc"], counts = wdc_items(offers, pd.concat([reserved, verifiers]))
         log.info(
-            "wdc %s: %s (reserved = offers of %s)", WDC_TRAIN, json.dumps(counts), ", ".join((WDC_VALID, *WDC_TEST))
+            "wdc %s: %s (reserved = offers of %s, and %d offers of the verifier's share %.2f of clusters)",
+            WDC_TRAIN,
+            json.dumps(counts),
+            ", ".join((WDC_VALID, *WDC_TEST)),
+            len(verifiers),
+            verifier_share,
         )
     if "grocery" in sources:
         if not (shared / GROCERY_FOLDER).is_dir():
             raise FileNotFoundError(f"{shared / GROCERY_FOLDER} is missing; pass --shared")
         photos, _catalog = read_grocery(shared)
+        photos = photos[~in_verifier_share(photos["fine_id"], verifier_share)]
         items["grocery"] = grocery_items(photos)
-        log.info("grocery train: %d photos in %d SKUs", len(items["grocery"]), items["grocery"]["cluster"].nunique())
+        log.info(
+            "grocery train: %d photos in %d SKUs (the verifier's share %.2f of SKUs left out)",
+            len(items["grocery"]),
+            items["grocery"]["cluster"].nunique(),
+            verifier_share,
+        )
     return items
 
 
@@ -197,7 +218,7 @@ def train(config: PipelineConfig, resume: bool = False, argv: tuple[str, ...] = 
     torch.manual_seed(options.seed)
     encoder_config, loss_config = training_encoder(config), config.loss
     shared = Path(config.paths.datasets_dir)
-    items = read_training_items(shared, sources)
+    items = read_training_items(shared, sources, options.verifier_share)
     samplers = {
         source: HardNegativeSampler(
             frame,

@@ -76,3 +76,45 @@ def test_fit_verifier_applies_the_rules_and_is_deterministic():
     assert summary["valid_f1"] > 0.9
     again, _ = fit_verifier(train, valid, "mv", "none", budget=10, candidate_recall=0.95)
     assert again.to_dict() == verifier.to_dict()
+
+
+def test_the_encoder_saw_every_training_offer_outside_the_verifiers_share():
+    import pandas as pd
+
+    from benchmarks.datasets import in_verifier_share
+    from training.fit_verifier import encoder_seen_offers
+
+    offers = pd.DataFrame({"id": np.arange(600), "cluster_id": np.arange(600) // 3})
+    seen = encoder_seen_offers(offers, 0.5)
+    verifiers = set(offers["id"][in_verifier_share(offers["cluster_id"], 0.5)])
+    assert seen and verifiers
+    assert seen | verifiers == set(offers["id"]) and not seen & verifiers
+    # whole clusters go one way: a pair of one product is never split between the two
+    by_cluster = offers.assign(seen=offers["id"].isin(seen)).groupby("cluster_id")["seen"].nunique()
+    assert (by_cluster == 1).all()
+
+
+def test_the_verifier_share_must_be_the_one_the_encoder_was_trained_with(tmp_path):
+    import json
+
+    from config.errors import DedupError
+    from config.loader import load_config
+    from training.fit_verifier import encoder_verifier_share
+
+    weights = tmp_path / "sspr.safetensors"
+    weights.write_bytes(b"")
+
+    def config(share: str):
+        return load_config(
+            None, {"encoder.kind": "sspr", "encoder.weights": str(weights), "train.verifier_share": share}, environ={}
+        )
+
+    assert encoder_verifier_share(config("0.5")) == 0.5  # no run record: the config's value
+    (tmp_path / "sspr.safetensors.json").write_text(json.dumps({"options": {"verifier_share": 0.5}}))
+    assert encoder_verifier_share(config("0.5")) == 0.5
+    with pytest.raises(
+        DedupError, match=r"trained with train.verifier_share=0.5 but the config has 0.*set train.verifier_share = 0.5"
+    ):
+        encoder_verifier_share(config("0"))
+    (tmp_path / "sspr.safetensors.json").write_text(json.dumps({"options": {}}))  # a record from before the key
+    assert encoder_verifier_share(config("0")) == 0.0

@@ -384,3 +384,30 @@ def test_output_weights_load_and_change_the_model_version(model, straight_run):
         with torch.no_grad():
             for name, param in trainable_parameters(model).items():
                 param.copy_(before[name])
+
+
+def test_the_verifier_share_is_a_stable_hash_subset_of_the_products():
+    from benchmarks.datasets import in_verifier_share
+
+    products = np.arange(5000)
+    half = in_verifier_share(products, 0.5)
+    assert 0.45 < half.mean() < 0.55
+    assert half.tolist() == in_verifier_share(products[::-1], 0.5)[::-1].tolist()  # row order does not matter
+    assert not in_verifier_share(products, 0.0).any()
+    smaller = in_verifier_share(products, 0.2)
+    assert (smaller <= half).all() and smaller.sum() < half.sum()  # a smaller share is inside a larger one
+
+
+def test_training_leaves_out_the_verifiers_share_of_clusters(tiny_shared, caplog):
+    from benchmarks.datasets import in_verifier_share
+
+    caplog.set_level("INFO", logger="training.train")
+    share = 0.5
+    items = train_job.read_training_items(tiny_shared, ("wdc",), verifier_share=share)["wdc"]
+    clusters = np.array(sorted(CLUSTERS))
+    verifiers = set(clusters[in_verifier_share(clusters, share)])
+    assert verifiers and verifiers != set(clusters)  # the tiny set has both kinds at 0.5
+    trained = {int(c.removeprefix("wdc:")) for c in items["cluster"]}
+    assert trained == set(clusters) - verifiers
+    assert "wdc:802" not in set(items["item_id"])  # the reserved offer stays out too
+    assert "the verifier's share 0.50" in "\n".join(caplog.messages)
