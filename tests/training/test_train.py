@@ -287,6 +287,10 @@ def _run(shared: Path, out: Path, ckpt: Path, *extra: str) -> int:
             "2",
             "--eval-every",
             "0",
+            "--set",
+            "train.keep_best=false",  # whatever conf/sspr.toml's own run did
+            "--set",
+            "train.verifier_share=0",
             "--lr",
             "5e-3",
             "--warmup-steps",
@@ -351,7 +355,7 @@ def test_reading_training_data_imports_no_spark(tiny_shared):
 
 def test_keep_best_writes_the_weights_with_the_best_valid_medium_ap(tiny_shared, tmp_path):
     out = tmp_path / "w.safetensors"
-    assert _run(tiny_shared, out, tmp_path / "ckpt", "--eval-every", "2", "--keep-best") == 0
+    assert _run(tiny_shared, out, tmp_path / "ckpt", "--eval-every", "2", "--set", "train.keep_best=true") == 0
     record = json.loads(Path(str(out) + ".json").read_text())
     history = record["valid_medium"]["history"]
     assert [h["step"] for h in history] == [2, 4]
