@@ -233,6 +233,8 @@ def neighbour_similarities(
     self_rows: np.ndarray | None,
     min_similarity: float,
     budget: int,
+    backend: str = "faiss",
+    device: str = "cpu",
 ) -> np.ndarray:
     """Each query's top neighbour similarities in an index, itself left out.
 
@@ -243,6 +245,8 @@ def neighbour_similarities(
             when the queries are not in the index (a cross-source search).
         min_similarity: neighbours below it are not seen.
         budget: at most this many neighbours per query.
+        backend, device: ``dedup.search.find_pairs``'s (the pipeline passes ``dedup.backend`` /
+            ``dedup.device``, so the verifier's search runs where the candidate search does).
 
     Returns:
         float32 [n, budget], each row sorted from most similar down, padded with -inf.
@@ -252,7 +256,9 @@ def neighbour_similarities(
     out = np.full((len(queries), budget), -np.inf, dtype=np.float32)
     if len(queries) == 0 or len(index_vectors) == 0:
         return out
-    found = find_pairs(queries, index_vectors, min_similarity, max_results_per_query=budget + 1)
+    found = find_pairs(
+        queries, index_vectors, min_similarity, max_results_per_query=budget + 1, backend=backend, device=device
+    )
     keep = np.ones(len(found), dtype=bool)
     if self_rows is not None:
         keep = found.index_idx != np.asarray(self_rows, dtype=np.int64)[found.query_idx]

@@ -252,9 +252,12 @@ def _search_blocked_torch(
     torch, dev = _resolve_torch_device(device)
     thr_f = float(thr)  # exactly representable in float32, so the comparison stays exact
     with torch.inference_mode(), _ieee_fp32_matmul(torch, dev):
-        index_t = torch.from_numpy(index_vectors).to(dev)  # [n_index, d]
+        # a read-only index (a worker's shared catalogue vectors) is copied: torch tensors are writable
+        host = index_vectors if index_vectors.flags.writeable else index_vectors.copy()
+        index_t = torch.from_numpy(host).to(dev)  # [n_index, d]
         for start in range(0, queries.shape[0], query_block_size):
-            block = torch.from_numpy(queries[start : start + query_block_size]).to(dev)  # [b, d]
+            rows = queries[start : start + query_block_size]
+            block = torch.from_numpy(rows if rows.flags.writeable else rows.copy()).to(dev)  # [b, d]
             sims = block @ index_t.T  # [b, n_index] float32
             hit = sims >= thr_f  # [b, n_index]
             over = hit.sum(dim=1) > max_results  # [b]

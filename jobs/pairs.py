@@ -104,7 +104,8 @@ def verify_candidates(
         index_m: float32 [n, dim] its ``emb_m`` rows.
         left, right: int [p] catalogue rows of each candidate's two listings.
         sim_m, sim_t, sim_i: float [p] the candidates' similarities (NaN where absent).
-        dedup_config: names the verifier file.
+        dedup_config: names the verifier file; its search backend and device run the neighbour
+            search too.
         encoder_config: the lexical settings of ``char_cosine``.
         lexical: float32 [n, buckets] the catalogue's lexical title vectors when the caller has
             them (the hybrid search made them); computed for the rows the pairs touch otherwise.
@@ -121,7 +122,13 @@ def verify_candidates(
     involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
     sub_left, sub_right = inverse[: len(left)], inverse[len(left) :]
     top = neighbour_similarities(
-        index_m[involved], index_m, involved, verifier.neighbour_min_similarity, verifier.neighbour_budget
+        index_m[involved],
+        index_m,
+        involved,
+        verifier.neighbour_min_similarity,
+        verifier.neighbour_budget,
+        backend=dedup_config.backend,
+        device=dedup_config.device,
     )
     return score_candidates(
         catalogue.iloc[involved],

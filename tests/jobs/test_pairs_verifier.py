@@ -169,3 +169,38 @@ def test_lexical_terms_give_back_the_very_lexical_vectors():
     carried = rows.assign(title=None, **{LEXICAL_TERMS[0]: index, LEXICAL_TERMS[1]: value})
     np.testing.assert_array_equal(catalogue_lexical(carried, encoder), dense)
     assert lexical_terms(rows.iloc[:0], encoder) == ([], [])
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # torch on the shared read-only catalogue vectors
+def test_the_verifiers_neighbour_search_runs_on_the_configured_backend(tmp_path, monkeypatch):
+    """The GPU path (dedup.backend="blocked" on cuda) for the verifier too, run here as torch on the CPU."""
+    from dedup import search
+
+    _code_verifier(tmp_path / "v.json")
+    catalogue = _catalogue()
+    queries = catalogue.loc[[0, 2], ["listing_id"]].assign(model_version="mv")
+    calls = []
+    real = search.find_pairs
+
+    def recording(*args, **kwargs):  # a spy: the real search runs
+        calls.append((kwargs.get("backend", "faiss"), kwargs.get("device", "cpu")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "find_pairs", recording)
+    faiss = DedupConfig(min_similarity=0.5, verifier=str(tmp_path / "v.json"), min_probability=0.0)
+    torch_cpu = DedupConfig(
+        min_similarity=0.5,
+        verifier=str(tmp_path / "v.json"),
+        min_probability=0.0,
+        backend="blocked",
+        device="torch:cpu",
+    )
+    want = find_block_pairs(("s1", 0), queries, catalogue, faiss, EncoderConfig())
+    assert calls and set(calls) == {("faiss", "cpu")}
+    calls.clear()
+    got = find_block_pairs(("s1", 0), queries, catalogue, torch_cpu, EncoderConfig())
+    assert calls and set(calls) == {("blocked", "torch:cpu")}  # candidates and neighbour lists alike
+    columns = ["kind", "listing_id_l", "listing_id_r"]
+    pd.testing.assert_frame_equal(got[columns], want[columns])
+    np.testing.assert_allclose(got["match_score"].to_numpy(float), want["match_score"].to_numpy(float), atol=1e-6)
+    np.testing.assert_allclose(got["similarity_m"].to_numpy(float), want["similarity_m"].to_numpy(float), atol=1e-6)
