@@ -240,6 +240,17 @@ def in_verifier_share(products, share: float) -> np.ndarray:
     return np.asarray(fraction, dtype=np.float64) < share
 
 
+def trained_products(products, share: float, side: str = "outside") -> np.ndarray:
+    """Which products an encoder trained with ``train.verifier_share`` / ``train.share_side`` saw.
+
+    Returns:
+        bool [n]: outside the share for ``side="outside"`` (every product when ``share`` is 0),
+        inside it for ``side="inside"``.
+    """
+    inside = in_verifier_share(products, share)
+    return inside if side == "inside" else ~inside
+
+
 def subset_pairs(pairs: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
     """A deterministic subset of labelled pairs that keeps both labels.
 

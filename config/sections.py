@@ -185,6 +185,10 @@ class TrainConfig:
     # the pair verifier (training.fit_verifier), so the verifier learns from similarities of pairs
     # the encoder never saw; 0 = the encoder trains on all of them. In [0, 0.9].
     verifier_share: float = 0.0
+    # which side of verifier_share the encoder trains on: "outside" (the products outside the
+    # share; the verifier trains on the share) or "inside" (the share only: the second encoder of
+    # cross-fitting, training.fit_verifier --cross-fit)
+    share_side: str = "outside"
 
     def source_list(self) -> tuple[str, ...]:
         """Returns ``sources`` as a tuple of names."""
@@ -210,6 +214,10 @@ class TrainConfig:
             problems.append("train.keep_best needs train.eval_every > 0")
         if not 0.0 <= self.verifier_share <= 0.9:
             problems.append(f"train.verifier_share={self.verifier_share} must be in [0, 0.9]")
+        if self.share_side not in ("outside", "inside"):
+            problems.append(f"train.share_side={self.share_side!r} must be 'outside' or 'inside'")
+        if self.share_side == "inside" and self.verifier_share == 0:
+            problems.append("train.share_side='inside' needs train.verifier_share > 0 (else nothing is inside)")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -37,6 +37,7 @@ RESUME_KEYS = (
     "top_k",
     "init_weights",
     "verifier_share",
+    "share_side",
 )
 
 

@@ -48,10 +48,10 @@ from benchmarks.datasets import (
     WDC_TEST,
     WDC_TRAIN,
     WDC_VALID,
-    in_verifier_share,
     read_wdc_offers,
     read_wdc_pairs,
     shop_pools,
+    trained_products,
 )
 from config.command import add_shortcut, command_parser, run_command
 from config.errors import DedupError
@@ -385,18 +385,19 @@ def reserved_skus(truth: Path = SAMPLE_TRUTH) -> set[str]:
     return set(frame.loc[frame["supplier_id"].str.startswith("grocer"), "product_id"])
 
 
-def encoder_seen_offers(offers: pd.DataFrame, verifier_share: float) -> set:
-    """Ids of the WDC training offers the encoder trained on: those outside the verifier's share.
+def encoder_seen_offers(offers: pd.DataFrame, verifier_share: float, side: str = "outside") -> set:
+    """Ids of the WDC training offers an encoder trained on.
 
     Args:
         offers: ``read_wdc_offers`` of ``WDC_TRAIN`` (``id``, ``cluster_id``).
-        verifier_share: ``train.verifier_share``.
+        verifier_share: its ``train.verifier_share``.
+        side: its ``train.share_side``: the products outside the share, or inside it.
     """
-    return set(offers["id"][~in_verifier_share(offers["cluster_id"], verifier_share)])
+    return set(offers["id"][trained_products(offers["cluster_id"], verifier_share, side)])
 
 
 def read_training(
-    shared: Path, encoder, encoder_config, verifier_share: float = 0.0
+    shared: Path, encoder, encoder_config, verifier_share: float = 0.0, share_side: str = "outside"
 ) -> tuple[list[LabelledPool], list[LabelledPool]]:
     """Reads and embeds the training pools and the WDC valid pool.
 
@@ -404,9 +405,9 @@ def read_training(
         shared: the shared datasets folder.
         encoder: the pipeline's encoder (``encoder.factory.build_encoder``).
         encoder_config: its config (for the lexical vectors of ``char_cosine``).
-        verifier_share: ``train.verifier_share`` the encoder was trained with: when > 0 only
-            the products of that share (``benchmarks.datasets.in_verifier_share``), which the
-            encoder never saw, are trained on.
+        verifier_share, share_side: ``train.verifier_share`` / ``train.share_side`` the encoder
+            was trained with: when the share is > 0 only the products the encoder never saw
+            (``benchmarks.datasets.trained_products``) are trained on.
 
     Returns:
         ``(train pools, valid pools)``: WDC train_medium's pair file (reserved offers left out),
@@ -425,7 +426,7 @@ def read_training(
     if verifier_share > 0:
         # the encoder trained on every other product: only pairs of two unseen offers are honest
         # examples of the similarities the verifier will meet
-        seen = encoder_seen_offers(read_wdc_offers(shared, (WDC_TRAIN,)), verifier_share)
+        seen = encoder_seen_offers(read_wdc_offers(shared, (WDC_TRAIN,)), verifier_share, share_side)
         touching |= train_pairs["id_left"].isin(seen) | train_pairs["id_right"].isin(seen)
         reserved |= seen
         log.info(
@@ -464,7 +465,7 @@ def read_training(
     skus = reserved_skus()
     photos = photos[(photos["split"] == "train") & ~photos["fine"].isin(skus)]
     if verifier_share > 0:
-        photos = photos[in_verifier_share(photos["fine_id"], verifier_share)]
+        photos = photos[~trained_products(photos["fine_id"], verifier_share, share_side)]
     photos = photos.reset_index(drop=True)
     photos["brand"] = [grocery_title(f, c)[1] for f, c in zip(photos["fine"], photos["coarse"], strict=True)]
     started = time.perf_counter()
@@ -502,6 +503,57 @@ def encoder_verifier_share(config) -> float:
     return share
 
 
+def run_options(weights: str) -> dict:
+    """The training options recorded beside a weights file (``<weights>.json``); {} without one."""
+    record = Path(str(weights) + ".json") if weights else None
+    if record is None or not record.is_file():
+        return {}
+    return json.loads(record.read_text()).get("options", {})
+
+
+def cross_fit_folds(config, folds: str) -> list[tuple]:
+    """The two encoders of cross-fitting, checked against their run records.
+
+    Args:
+        config: the pipeline config; ``encoder.weights`` is the encoder that will serve, trained
+            on every product.
+        folds: ``"OUTSIDE,INSIDE"``: weights trained with one ``train.verifier_share`` on the
+            products outside it and on those inside it (``train.share_side``).
+
+    Returns:
+        ``[(encoder_config, share, side), ...]`` for each fold.
+
+    Raises:
+        DedupError: naming what does not fit (the served encoder held products out, a fold's
+            record is missing or its share or side is not the expected one).
+    """
+    paths = [part.strip() for part in folds.split(",") if part.strip()]
+    if len(paths) != 2:
+        raise DedupError(f"--cross-fit {folds!r}: give two weights files, OUTSIDE,INSIDE")
+    if float(run_options(config.encoder.weights).get("verifier_share", 0.0)) != 0:
+        raise DedupError(
+            f"{config.encoder.weights} was trained with a held-out share: the encoder that serves must have "
+            "trained on every product (train.verifier_share = 0) for cross-fitting"
+        )
+    out, shares = [], set()
+    for path, side in zip(paths, ("outside", "inside"), strict=True):
+        options = run_options(path)
+        if not options:
+            raise DedupError(f"{path}.json is missing: cross-fitting needs each fold's run record")
+        share = float(options.get("verifier_share", 0.0))
+        ran_side = options.get("share_side", "outside")
+        if share <= 0 or ran_side != side:
+            raise DedupError(
+                f"{path} was trained with train.verifier_share={share:g}, share_side={ran_side!r}; the "
+                f"{side} fold needs a share > 0 and share_side={side!r}"
+            )
+        shares.add(share)
+        out.append((dataclasses.replace(config.encoder, weights=path), share, side))
+    if len(shares) != 1:
+        raise DedupError(f"the folds were trained with different shares {sorted(shares)}: use one")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Trains, calibrates and writes the verifier; returns the exit code."""
     parser = command_parser("python -m training.fit_verifier", __doc__)
@@ -512,6 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.95,
         help="share of valid_medium positives the candidate threshold keeps (default 0.95)",
+    )
+    parser.add_argument(
+        "--cross-fit",
+        default="",
+        metavar="OUTSIDE,INSIDE",
+        help="cross-fitting: the verifier's training pairs get their similarities from the fold encoder "
+        "that never saw them (two weights files trained with one train.verifier_share, share_side outside "
+        "and inside), valid_medium from encoder.weights (trained on every product), which it will serve",
     )
 
     def body(args, config) -> int:
@@ -527,13 +587,34 @@ def main(argv: list[str] | None = None) -> int:
         shared = Path(config.paths.datasets_dir)
         if not (shared / "wdc_products_80cc20rnd").is_dir():
             raise DedupError(f"WDC Products not found under {shared}; pass --shared with the shared datasets folder")
-        share = encoder_verifier_share(config)
         encoder = build_encoder(config.encoder)
-        train, valid = read_training(shared, encoder, config.encoder, share)
+        if args.cross_fit:
+            folds = cross_fit_folds(config, args.cross_fit)
+            _, valid = read_training(shared, encoder, config.encoder)
+            train = []
+            for fold_config, share, side in folds:
+                log.info("cross-fit: training pools of the products the %s fold never saw, embedded by it", side)
+                train += read_training(shared, build_encoder(fold_config), fold_config, share, side)[0]
+        else:
+            share = encoder_verifier_share(config)
+            train, valid = read_training(shared, encoder, config.encoder, share)
         idf_digest = LexicalVectorizer(config.encoder.lexical_buckets, config.encoder.lexical_idf).idf_digest
         verifier, summary = fit_verifier(
             train, valid, encoder.model_version, idf_digest, config.dedup.max_results_per_query, args.candidate_recall
         )
+        if args.cross_fit:
+            verifier = dataclasses.replace(
+                verifier,
+                info={
+                    **verifier.info,
+                    "cross_fit": {
+                        "folds": [f.weights for f, _, _ in folds],
+                        "share": folds[0][1],
+                        "why": "each training pair's features come from the fold encoder that never saw "
+                        "its products; valid_medium's from the served encoder",
+                    },
+                },
+            )
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_verifier(verifier, out)
         log.info(

@@ -57,11 +57,11 @@ from benchmarks.datasets import (
     WDC_TEST,
     WDC_TRAIN,
     WDC_VALID,
-    in_verifier_share,
     read_grocery,
     read_wdc_offers,
     read_wdc_pairs,
     read_wdc_train,
+    trained_products,
 )
 from config.command import add_shortcut, command_parser, run_command
 from config.errors import DedupError
@@ -92,11 +92,14 @@ def training_encoder(config: PipelineConfig) -> EncoderConfig:
     )
 
 
-def read_training_items(shared: Path, sources: tuple[str, ...], verifier_share: float = 0.0) -> dict:
+def read_training_items(
+    shared: Path, sources: tuple[str, ...], verifier_share: float = 0.0, share_side: str = "outside"
+) -> dict:
     """Reads each source's items (``encoder.train_data`` format); logs what was excluded.
 
     Products in the pair verifier's share (``train.verifier_share``: WDC clusters, GroceryStore
-    SKUs, ``benchmarks.datasets.in_verifier_share``) are left out, like the reserved offers.
+    SKUs, ``benchmarks.datasets.in_verifier_share``) are left out, like the reserved offers; with
+    ``share_side="inside"`` the products outside it are left out instead.
 
     Raises:
         FileNotFoundError: if a source's dataset folder is missing.
@@ -104,26 +107,28 @@ def read_training_items(shared: Path, sources: tuple[str, ...], verifier_share: 
     items = {}
     if "wdc" in sources:
         offers, reserved = read_wdc_train(shared)
-        verifiers = offers["id"][in_verifier_share(offers["cluster_id"], verifier_share)]
+        verifiers = offers["id"][~trained_products(offers["cluster_id"], verifier_share, share_side)]
         items["wdc"], counts = wdc_items(offers, pd.concat([reserved, verifiers]))
         log.info(
-            "wdc %s: %s (reserved = offers of %s, and %d offers of the verifier's share %.2f of clusters)",
+            "wdc %s: %s (reserved = offers of %s, and %d offers %s the verifier's share %.2f of clusters)",
             WDC_TRAIN,
             json.dumps(counts),
             ", ".join((WDC_VALID, *WDC_TEST)),
             len(verifiers),
+            "outside" if share_side == "inside" else "in",
             verifier_share,
         )
     if "grocery" in sources:
         if not (shared / GROCERY_FOLDER).is_dir():
             raise FileNotFoundError(f"{shared / GROCERY_FOLDER} is missing; pass --shared")
         photos, _catalog = read_grocery(shared)
-        photos = photos[~in_verifier_share(photos["fine_id"], verifier_share)]
+        photos = photos[trained_products(photos["fine_id"], verifier_share, share_side)]
         items["grocery"] = grocery_items(photos)
         log.info(
-            "grocery train: %d photos in %d SKUs (the verifier's share %.2f of SKUs left out)",
+            "grocery train: %d photos in %d SKUs (the SKUs %s the verifier's share %.2f left out)",
             len(items["grocery"]),
             items["grocery"]["cluster"].nunique(),
+            "outside" if share_side == "inside" else "in",
             verifier_share,
         )
     return items
@@ -218,7 +223,7 @@ def train(config: PipelineConfig, resume: bool = False, argv: tuple[str, ...] = 
     torch.manual_seed(options.seed)
     encoder_config, loss_config = training_encoder(config), config.loss
     shared = Path(config.paths.datasets_dir)
-    items = read_training_items(shared, sources, options.verifier_share)
+    items = read_training_items(shared, sources, options.verifier_share, options.share_side)
     samplers = {
         source: HardNegativeSampler(
             frame,

@@ -118,3 +118,43 @@ def test_the_verifier_share_must_be_the_one_the_encoder_was_trained_with(tmp_pat
         encoder_verifier_share(config("0"))
     (tmp_path / "sspr.safetensors.json").write_text(json.dumps({"options": {}}))  # a record from before the key
     assert encoder_verifier_share(config("0")) == 0.0
+
+
+def test_cross_fitting_takes_two_folds_of_one_share_and_a_served_encoder_trained_on_everything(tmp_path):
+    import json
+
+    from config.errors import DedupError
+    from config.loader import load_config
+    from training.fit_verifier import cross_fit_folds
+
+    def weights(name: str, **options) -> str:
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(b"")
+        (tmp_path / f"{name}.safetensors.json").write_text(json.dumps({"options": options}))
+        return str(path)
+
+    served = weights("served", verifier_share=0.0)
+    outside = weights("outside", verifier_share=0.5, share_side="outside")
+    inside = weights("inside", verifier_share=0.5, share_side="inside")
+    config = load_config(None, {"encoder.kind": "sspr", "encoder.weights": served}, environ={})
+    folds = cross_fit_folds(config, f"{outside}, {inside}")
+    assert [(f.weights, share, side) for f, share, side in folds] == [
+        (outside, 0.5, "outside"),
+        (inside, 0.5, "inside"),
+    ]
+    assert folds[0][0].lora_targets == config.encoder.lora_targets  # the served layout, other weights
+
+    with pytest.raises(DedupError, match="two weights files"):
+        cross_fit_folds(config, outside)
+    with pytest.raises(DedupError, match="the inside fold needs a share > 0 and share_side='inside'"):
+        cross_fit_folds(config, f"{outside},{outside}")
+    other = weights("other", verifier_share=0.3, share_side="inside")
+    with pytest.raises(DedupError, match="different shares"):
+        cross_fit_folds(config, f"{outside},{other}")
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes(b"")
+    with pytest.raises(DedupError, match="run record"):
+        cross_fit_folds(config, f"{outside},{bare}")
+    held_out = load_config(None, {"encoder.kind": "sspr", "encoder.weights": outside}, environ={})
+    with pytest.raises(DedupError, match="must have trained on every product"):
+        cross_fit_folds(held_out, f"{outside},{inside}")

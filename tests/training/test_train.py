@@ -415,3 +415,21 @@ def test_training_leaves_out_the_verifiers_share_of_clusters(tiny_shared, caplog
     assert trained == set(clusters) - verifiers
     assert "wdc:802" not in set(items["item_id"])  # the reserved offer stays out too
     assert "the verifier's share 0.50" in "\n".join(caplog.messages)
+
+
+def test_the_inside_fold_trains_on_the_share_only(tiny_shared):
+    from benchmarks.datasets import in_verifier_share, trained_products
+    from config.errors import ConfigError
+    from config.loader import load_config
+
+    clusters = np.array(sorted(CLUSTERS))
+    inside = in_verifier_share(clusters, 0.5)
+    assert trained_products(clusters, 0.5, "inside").tolist() == inside.tolist()
+    assert trained_products(clusters, 0.5, "outside").tolist() == (~inside).tolist()
+    assert trained_products(clusters, 0.0).all()  # no share: every product is trained on
+    items = train_job.read_training_items(tiny_shared, ("wdc",), verifier_share=0.5, share_side="inside")["wdc"]
+    assert {int(c.removeprefix("wdc:")) for c in items["cluster"]} == set(clusters[inside])
+    with pytest.raises(ConfigError, match="share_side='inside' needs train.verifier_share > 0"):
+        load_config(None, {"train.share_side": "inside"}, environ={})
+    with pytest.raises(ConfigError, match="train.share_side='middle' must be"):
+        load_config(None, {"train.share_side": "middle", "train.verifier_share": "0.5"}, environ={})
