@@ -17,6 +17,9 @@ Fixed rules (bench/README.md, "Verified matching"), all on WDC, none on a test o
    With ``train.verifier_share`` > 0 (the encoder's run record must agree) only the products of
    that share are used — WDC clusters and GroceryStore SKUs the encoder never trained on — so
    the verifier learns from similarities like those it will meet, not from memorised ones.
+   With ``--cross-fit OUTSIDE,INSIDE`` (two encoders trained on the two sides of one share) the
+   verifier trains on every product, each pair embedded by the fold encoder that never saw it,
+   and is calibrated (rules 3–5) with ``encoder.weights``, the encoder trained on everything.
 3. **Calibration**: Platt scaling of the ensemble's score on the candidate pairs of
    valid_medium: its pair file plus random catalogues of its offers (as in training), so the
    score is a match probability in dense and in sparse catalogues.
