@@ -494,10 +494,10 @@ def encoder_verifier_share(config) -> float:
     """
     share = config.train.verifier_share
     weights = config.encoder.weights
-    record = Path(str(weights) + ".json") if weights else None
-    if record is None or not record.is_file():
+    options = run_options(weights)
+    if options is None:
         return share
-    ran = float(json.loads(record.read_text()).get("options", {}).get("verifier_share", 0.0))
+    ran = float(options.get("verifier_share", 0.0))
     if ran != share:
         raise DedupError(
             f"{weights} was trained with train.verifier_share={ran:g} but the config has {share:g}: "
@@ -506,11 +506,11 @@ def encoder_verifier_share(config) -> float:
     return share
 
 
-def run_options(weights: str) -> dict:
-    """The training options recorded beside a weights file (``<weights>.json``); {} without one."""
+def run_options(weights: str) -> dict | None:
+    """The training options recorded beside a weights file (``<weights>.json``); None without one."""
     record = Path(str(weights) + ".json") if weights else None
     if record is None or not record.is_file():
-        return {}
+        return None
     return json.loads(record.read_text()).get("options", {})
 
 
@@ -533,7 +533,7 @@ def cross_fit_folds(config, folds: str) -> list[tuple]:
     paths = [part.strip() for part in folds.split(",") if part.strip()]
     if len(paths) != 2:
         raise DedupError(f"--cross-fit {folds!r}: give two weights files, OUTSIDE,INSIDE")
-    if float(run_options(config.encoder.weights).get("verifier_share", 0.0)) != 0:
+    if float((run_options(config.encoder.weights) or {}).get("verifier_share", 0.0)) != 0:
         raise DedupError(
             f"{config.encoder.weights} was trained with a held-out share: the encoder that serves must have "
             "trained on every product (train.verifier_share = 0) for cross-fitting"
@@ -541,7 +541,7 @@ def cross_fit_folds(config, folds: str) -> list[tuple]:
     out, shares = [], set()
     for path, side in zip(paths, ("outside", "inside"), strict=True):
         options = run_options(path)
-        if not options:
+        if options is None:
             raise DedupError(f"{path}.json is missing: cross-fitting needs each fold's run record")
         share = float(options.get("verifier_share", 0.0))
         ran_side = options.get("share_side", "outside")
