@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 
-.PHONY: install browser postgres nightly review lint test test-fast evaluate train lexical verifier pyfiles clean help
+.PHONY: install browser postgres nightly review lint test test-fast evaluate train folds lexical verifier pyfiles clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -63,11 +63,18 @@ evaluate: install  ## measure match quality on ../shared/datasets: bench/results
 lexical: install  ## fit the hybrid encoder's IDF table on WDC train titles into encoder.lexical_idf of conf/sspr.toml
 	$(BIN)/python -m training.fit_lexical --config conf/sspr.toml
 
-verifier: install  ## train and calibrate the pair verifier on ../shared/datasets into dedup.verifier of conf/sspr.toml (~2 min); paste the [dedup] lines it logs
-	$(BIN)/python -m training.fit_verifier --config conf/sspr.toml
+FOLDS := var/folds
+verifier: install  ## cross-fit and calibrate the pair verifier into dedup.verifier of conf/sspr.toml (~3 min, after make folds); paste the [dedup] lines it logs
+	$(BIN)/python -m training.fit_verifier --config conf/sspr.toml --cross-fit $(FOLDS)/outside.safetensors,$(FOLDS)/inside.safetensors
 
-train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors ([train] of conf/sspr.toml, ~20 min)
+train: install  ## train the sspr encoder on ../shared/datasets into encoder/weights/sspr.safetensors ([train] of conf/sspr.toml, ~40 min)
 	$(BIN)/python -m training.train --config conf/sspr.toml
+
+folds: install  ## train the verifier's two cross-fitting encoders (each half of the products, as [train]) into var/folds/ (~2 x 40 min)
+	$(BIN)/python -m training.train --config conf/sspr.toml --set train.verifier_share=0.5 --set train.share_side=outside \
+	  --out $(FOLDS)/outside.safetensors --checkpoint-dir $(FOLDS)/outside-ckpt
+	$(BIN)/python -m training.train --config conf/sspr.toml --set train.verifier_share=0.5 --set train.share_side=inside \
+	  --out $(FOLDS)/inside.safetensors --checkpoint-dir $(FOLDS)/inside-ckpt
 
 clean:  ## remove the local warehouse, metastore, Airflow state and reports (var/)
 	rm -rf var

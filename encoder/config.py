@@ -81,8 +81,9 @@ class EncoderConfig:
     # kind="sspr" only: MiniLM's linear layers that carry LoRA adapters, comma-separated, of
     # LORA_LAYERS (the attention's query, key, value and its output projection
     # "attention_output", the feed-forward "intermediate" and "output"); part of the architecture
-    # a weights file is saved for
-    lora_targets: str = "query,value"
+    # a weights file is saved for. Default: every layer, the shipped weights' layout (the first
+    # shipped weights had "query,value")
+    lora_targets: str = "query,key,value,attention_output,intermediate,output"
     # Hybrid (encoder.hybrid): weight w of the hashed character n-gram similarity of the titles
     # (encoder.lexical) in every similarity; 0 = the pure neural encoder. In [0, 1).
     lexical_weight: float = 0.0
@@ -126,7 +127,7 @@ class EncoderConfig:
         if not targets or len(set(targets)) != len(targets) or not set(targets) <= set(LORA_LAYERS):
             problems.append(
                 f"encoder.lora_targets={self.lora_targets!r} must name distinct layers of {list(LORA_LAYERS)}, "
-                "comma-separated (the shipped model: 'query,value')"
+                "comma-separated (the shipped model: all of them)"
             )
         if not isinstance(self.weights, str):
             problems.append(f"encoder.weights={self.weights!r} must be a path string ('' = untrained init)")

@@ -39,9 +39,10 @@ A view the listing cannot have (t without a title, i without an image) is all ze
 The text and image tokens are embedded once per listing. The rows of the views are then
 gathered from them and go through the transformer in one batched pass.
 
-Trainable parameters (all else is frozen): the LoRA A/B matrices (73,728), the patch
-projection (491,904), the image position (49 x 384) and segment (384) embeddings, the image
-LayerNorm (768) and the head (98,304). That is 683,904 float32 values, about 2.7 MB on disk.
+Trainable parameters (all else is frozen), with the shipped ``lora_targets`` (every linear
+layer): the LoRA A/B matrices (331,776; 73,728 on query and value only), the patch projection
+(491,904), the image position (49 x 384) and segment (384) embeddings, the image LayerNorm
+(768) and the head (98,304). That is 941,952 float32 values, about 3.8 MB on disk.
 
 Choices (docs/PAPER.md is silent on each: [NF] in §2)
 -----------------------------------------------------

@@ -29,8 +29,10 @@ Fixed rules (bench/README.md, "Verified matching"), all on WDC, none on a test o
 
 It writes ``dedup.verifier`` (JSON, see ``dedup.verifier``) and logs the ``[dedup]`` lines of
 the config (``min_similarity``, ``min_probability`` and their sources) to paste into it.
+The shipped verifier (``make folds``, then ``make verifier``)::
 
-    python -m training.fit_verifier --config conf/sspr.toml
+    python -m training.fit_verifier --config conf/sspr.toml \
+        --cross-fit var/folds/outside.safetensors,var/folds/inside.safetensors
 
 Exit codes: 0 done, 2 missing datasets or bad settings (the message says which), 1 a crash.
 """

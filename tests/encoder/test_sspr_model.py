@@ -32,7 +32,9 @@ from encoder.sspr import (
 
 DIM = 256
 TRAINABLE_COUNT = (
-    6 * 2 * (8 * 384 + 384 * 8)  # LoRA A and B on query and value of 6 layers
+    # LoRA A and B (rank 8) on every linear layer of 6 blocks: query, key, value and the
+    # attention's output projection (384 -> 384), the feed-forward's 384 -> 1536 and 1536 -> 384
+    6 * (4 * (8 * 384 + 384 * 8) + 2 * (8 * 384 + 1536 * 8))
     + 1280 * 384
     + 384  # patch projection
     + 49 * 384
@@ -214,13 +216,13 @@ def test_deterministic_and_independent_of_batch_size(
 
 def test_trainable_parameters_are_only_the_new_parts(encoder: SsprEncoder) -> None:
     trainable = trainable_parameters(encoder)
-    assert sum(p.numel() for p in trainable.values()) == TRAINABLE_COUNT == 683_904
+    assert sum(p.numel() for p in trainable.values()) == TRAINABLE_COUNT == 941_952
     requires_grad = {name for name, p in encoder.named_parameters() if p.requires_grad}
     assert set(trainable) == requires_grad
     for name in trainable:
         assert name.endswith((".lora_a", ".lora_b")) or name.startswith(("patch_embedding.", "head.")), name
     lora = [n for n in trainable if "lora_" in n]
-    assert len(lora) == 6 * 2 * 2
+    assert len(lora) == 6 * 6 * 2
     frozen = [n for n, p in encoder.named_parameters() if not p.requires_grad]
     assert any(n.startswith("image_tower.") for n in frozen)
     assert any(n.endswith("attention.self.query.base.weight") for n in frozen)
@@ -513,6 +515,7 @@ def test_lora_targets_choose_the_adapted_layers_and_are_part_of_the_architecture
     from encoder.config import LORA_LAYERS
 
     every = dataclasses.replace(config, lora_targets="output, query,key,value,intermediate,attention_output")
+    assert compute_model_version(every) == compute_model_version(config)  # the default: every layer
     model = build_encoder(every)
     lora = [n for n in trainable_parameters(model) if "lora_" in n]
     assert len(lora) == 6 * len(LORA_LAYERS) * 2  # 6 blocks x 6 layers x (A, B)
@@ -520,18 +523,23 @@ def test_lora_targets_choose_the_adapted_layers_and_are_part_of_the_architecture
     assert any(n.endswith("attention.output.dense.lora_b") for n in lora)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any(n.endswith("output.dense.base.weight") for n in frozen)
-    # another layout is another model, and its weights file does not load into the shipped layout
-    assert compute_model_version(every) != compute_model_version(config)
-    path = tmp_path / "every.safetensors"
-    save_trainable(model, path)
+    # another layout (the first shipped weights': query and value only) is another model, and
+    # weights files do not load across layouts
+    attention = dataclasses.replace(config, lora_targets="value,query")
+    narrow = build_encoder(attention)
+    adapted = [n for n in trainable_parameters(narrow) if "lora_" in n]
+    assert len(adapted) == 6 * 2 * 2 and not any("intermediate" in n for n in adapted)
+    assert compute_model_version(attention) != compute_model_version(config)
+    path = tmp_path / "attention.safetensors"
+    save_trainable(narrow, path)
     with pytest.raises(ValueError, match="encoder.lora_targets"):
         load_trainable(encoder, path)
-    _, shipped_layout = trained
+    _, default_layout = trained
     with pytest.raises(ValueError, match="saved for architecture"):
-        load_trainable(model, shipped_layout)
+        load_trainable(narrow, default_layout)
     # the order written does not matter
-    swapped = dataclasses.replace(config, lora_targets="value,query")
-    assert compute_model_version(swapped) == compute_model_version(config)
+    swapped = dataclasses.replace(config, lora_targets="query,value")
+    assert compute_model_version(swapped) == compute_model_version(attention)
 
 
 @pytest.mark.parametrize("targets", ["", "query,query", "query,ffn", " , "])

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from benchmarks.datasets import read_leipzig_matching
+from config import load_config
 from evaluation.__main__ import main
 from evaluation.report import BEGIN, END, render_tables, update_readme
 from evaluation.tasks import group_labels, threshold_pairs
@@ -156,7 +157,8 @@ def test_lexical_weight_sweep_and_the_compared_pure_model(subset_run):
     # the rule: highest valid MRR, ties to the smaller weight, recomputed from the records
     best = max(mrr.values())
     assert details["lexical_weight"]["chosen"] == min(w for w, v in mrr.items() if v == best)
-    assert details["lexical_weight"]["configured"] == 0.2  # conf/sspr.toml
+    configured = load_config(ROOT / "conf" / "sspr.toml", environ={}).encoder.lexical_weight
+    assert details["lexical_weight"]["configured"] == configured
     # the hybrid's i carries no lexical part: its image retrieval is the pure model's
     grocery = [r for r in records if r["dataset"] == "grocery:images"]
     for metric in ("mrr", "recall@1"):
