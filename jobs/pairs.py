@@ -368,7 +368,8 @@ def find_block_pairs(
         queries: the block's new listings (``listing_id``, ``model_version``); each is in the catalogue.
         catalogue: the supplier's catalogue (``listing_id``, ``emb_m``, ``emb_t``, ``emb_i``,
             ``has_text``, ``has_image``; ``title`` with a hybrid encoder, ``VERIFIER_COLUMNS`` with a
-            verifier); it contains the queries themselves.
+            verifier; optional ``asked_in``: the query block a listing is a query of tonight, null
+            for an old one); it contains the queries themselves.
         dedup_config: the search and verifier settings.
         encoder_config: the hybrid's lexical settings (``searchable_vectors``).
 
@@ -376,7 +377,9 @@ def find_block_pairs(
         Rows of ``PAIR_SEARCH_ROWS``; each pair once with ``listing_id_l < listing_id_r``:
         candidates whose probability reached ``dedup.min_probability`` (every candidate, with a
         null probability, without a verifier); then one ``candidates`` row with the count of
-        candidates and the task's size and search seconds, and the saturated queries.
+        candidates and the task's size and search seconds, the saturated queries, and a
+        ``cross`` row (ids only) for each candidate whose other listing is a query of another
+        block, which may find it too (``candidate_counts`` takes back those found twice).
 
     Raises:
         ValueError: a query is not in the catalogue.
@@ -425,6 +428,19 @@ def find_block_pairs(
         encoder_config,
     )
     candidates = len(left_ids)
+    cross = {"kind": [], "supplier_id": [], "listing_id_l": [], "listing_id_r": [], "model_version": []}
+    if "asked_in" in catalogue.columns and candidates:
+        # a candidate of two new listings in different query blocks can be found from both
+        asked = catalogue["asked_in"].to_numpy(dtype=np.float64, na_value=np.nan)
+        block_of_l, block_of_r = asked[left], asked[right]
+        picked = np.flatnonzero(~np.isnan(block_of_l) & ~np.isnan(block_of_r) & (block_of_l != block_of_r))
+        cross = {
+            "kind": ["cross"] * len(picked),
+            "supplier_id": [supplier_id] * len(picked),
+            "listing_id_l": [left_ids[k] for k in picked],
+            "listing_id_r": [right_ids[k] for k in picked],
+            "model_version": [model_version] * len(picked),
+        }
     probability = np.full(len(left_ids), np.nan, dtype=np.float32)
     if dedup_config.verifier:
         probability = verify_candidates(
@@ -471,7 +487,7 @@ def find_block_pairs(
     # Typed Arrow parts, then one frame: concatenating pandas parts with all-null columns makes
     # pandas guess (and warn about) their dtypes.
     parts = [pa.Table.from_pandas(out, schema=PAIR_SEARCH_ROWS, preserve_index=False)]
-    parts += [_typed_rows(PAIR_SEARCH_ROWS, counted), _typed_rows(PAIR_SEARCH_ROWS, flagged)]
+    parts += [_typed_rows(PAIR_SEARCH_ROWS, rows) for rows in (counted, flagged, cross)]
     out = pa.concat_tables(parts).to_pandas()
     for column in ("candidates", "queries", "catalogue_rows", "dim"):
         out[column] = out[column].astype("Int64")  # nullable: null on pair rows
@@ -980,8 +996,28 @@ def find_whole_catalogue_pairs(queries, catalogue, dedup_config: DedupConfig, en
     extra = list(VERIFIER_COLUMNS) if dedup_config.verifier else []
     if encoder_config.lexical_weight > 0 and "title" not in extra:
         extra.append("title")  # the hybrid's lexical part is computed from it
-    index = catalogue.join(blocks, on="supplier_id").select(
-        "supplier_id", "query_block", "listing_id", "emb_m", "emb_t", "emb_i", "has_text", "has_image", *extra
+    # which block asks for each new listing: a pair of two new listings in different blocks can
+    # be found by both, and the candidates count must not count it twice
+    asked = blocked.select(
+        F.col("supplier_id").alias("supplier_id"),
+        F.col("listing_id").alias("listing_id"),
+        F.col("query_block").alias("asked_in"),
+    )
+    index = (
+        catalogue.join(asked, on=["supplier_id", "listing_id"], how="left")
+        .join(blocks, on="supplier_id")
+        .select(
+            "supplier_id",
+            "query_block",
+            "listing_id",
+            "emb_m",
+            "emb_t",
+            "emb_i",
+            "has_text",
+            "has_image",
+            "asked_in",
+            *extra,
+        )
     )
     return (
         blocked.groupBy("supplier_id", "query_block")
@@ -993,6 +1029,41 @@ def find_whole_catalogue_pairs(queries, catalogue, dedup_config: DedupConfig, en
     )
 
 
+def candidate_counts(found):
+    """The search tasks' ``candidates`` rows, plus one row per supplier that takes back the candidates
+    two query blocks both found.
+
+    Args:
+        found: rows of ``PAIR_SEARCH_ROWS`` (Spark DataFrame).
+
+    Returns:
+        A Spark DataFrame of ``supplier_id``, ``candidates``, ``queries``, ``catalogue_rows``,
+        ``dim``, ``search_seconds``; the correction rows have a negative ``candidates`` and null
+        sizes, so ``summarise_search`` counts them but plans no task from them.
+    """
+    from pyspark.sql import functions as F
+
+    columns = ["supplier_id", "candidates", "queries", "catalogue_rows", "dim", "search_seconds"]
+    tasks = found.filter("kind = 'candidates'").select(*columns)
+    repeated = (
+        found.filter("kind = 'cross'")
+        .groupBy("supplier_id", "listing_id_l", "listing_id_r")
+        .count()
+        .filter("count > 1")
+        .groupBy("supplier_id")
+        .agg((-F.count("*")).cast("long").alias("candidates"))
+        .select(
+            "supplier_id",
+            "candidates",
+            *(
+                F.lit(None).cast(t).alias(c)
+                for c, t in zip(columns[2:], ["long", "long", "long", "double"], strict=True)
+            ),
+        )
+    )
+    return tasks.unionByName(repeated)
+
+
 def summarise_search(tasks: pd.DataFrame) -> dict:
     """The search plan's sizes and speed, from the ``candidates`` rows of the search.
 
@@ -1000,7 +1071,8 @@ def summarise_search(tasks: pd.DataFrame) -> dict:
         tasks: one row per search task (a query block with its supplier's whole catalogue, or
             a query block x catalogue block): ``supplier_id``, ``candidates``, ``queries``,
             ``catalogue_rows``, ``dim``, ``search_seconds``; plus rows that count candidates
-            only (null ``queries``: the pair blocks of ``find_pairs_in_blocks``).
+            only (null ``queries``: the pair blocks of ``find_pairs_in_blocks``, and
+            ``candidate_counts``' negative rows for candidates two query blocks both found).
 
     Returns:
         ``search_tasks``, ``candidates``, the physical floor ``search_gflop`` (sum of queries x
@@ -1217,11 +1289,7 @@ def run(ctx: StageContext) -> StageResult:
             listing_suppliers=catalogue.select("listing_id", "supplier_id"),
         )
         saturated_ids = [r["listing_id_l"] for r in saturated.distinct().limit(1000).collect()]
-        tasks = (
-            found.filter("kind = 'candidates'")
-            .select("supplier_id", "candidates", "queries", "catalogue_rows", "dim", "search_seconds")
-            .toPandas()
-        )
+        tasks = candidate_counts(found).toPandas()
     finally:
         search.release()
         queries.unpersist()

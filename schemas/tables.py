@@ -241,7 +241,9 @@ PAIR_SEARCH_ROWS = pa.schema(
 for a query cut by the per-query budget (its id in ``listing_id_l``, the rest null); or
 "candidates", one row per block (task) whose ``candidates`` counts the pairs the search found
 before the verifier, with the task's size (``queries`` x ``catalogue_rows`` at width ``dim``) and
-the seconds its exact search took (the rest null)."""
+the seconds its exact search took (the rest null); or "cross", a candidate of two new listings in
+different query blocks (ids only), which both blocks may find: the candidates count takes back
+those found twice."""
 
 BLOCK_HIT_ROWS = pa.schema(
     [

@@ -57,7 +57,7 @@ def _rows(search) -> pd.DataFrame:
 
 @pytest.mark.parametrize("block_size", [1, 2])
 def test_blocks_give_each_pair_once_and_the_one_block_rows(spark, block_size):
-    from jobs.pairs import find_supplier_pairs
+    from jobs.pairs import candidate_counts, find_supplier_pairs, summarise_search
 
     queries, catalogue = _frames(spark)
 
@@ -66,12 +66,15 @@ def test_blocks_give_each_pair_once_and_the_one_block_rows(spark, block_size):
         search = find_supplier_pairs(queries, catalogue, config, "2024-03-01", EncoderConfig())
         rows = _rows(search)
         tasks = search.found.filter("kind = 'candidates'").count()
+        counted = summarise_search(candidate_counts(search.found).toPandas())["candidates"]
         search.release()
-        return rows, tasks
+        return rows, tasks, counted
 
-    whole, one_task = run(100)
-    split, tasks = run(block_size)
+    whole, one_task, whole_counted = run(100)
+    split, tasks, split_counted = run(block_size)
     assert one_task == 1 and tasks == -(-6 // block_size)  # the supplier really was split
+    # every pair joins two blocks here, and each block finds it: counted once all the same
+    assert whole_counted == split_counted == 3
     assert list(zip(whole["listing_id_l"], whole["listing_id_r"], strict=True)) == [
         ("l0", "l3"),
         ("l1", "l4"),
