@@ -572,3 +572,26 @@ def test_autocast_must_be_a_known_precision_of_the_sspr_encoder() -> None:
         EncoderConfig(kind="sspr", autocast="int8")
     with pytest.raises(ValueError, match="only used by kind='sspr'"):
         EncoderConfig(kind="zero-shot", autocast="bf16")
+
+
+def test_encoding_uses_the_merged_adapters_and_follows_their_updates() -> None:
+    from encoder.sspr import LoraLinear
+
+    generator = torch.Generator().manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5), rank=2, alpha=4.0, generator=generator)
+    with torch.no_grad():
+        layer.lora_b.normal_(generator=generator)
+    x = torch.randn(3, 6, generator=generator)
+    with torch.no_grad():
+        expected = layer(x)  # base + scaled B A x: the training path
+    with torch.inference_mode():
+        merged = layer(x)
+    assert layer._merged is not None  # encoding ran the one merged matrix
+    torch.testing.assert_close(merged, expected, atol=1e-6, rtol=0)
+    # an optimiser step (or load_trainable) changes A / B in place: the next encode follows it
+    with torch.no_grad():
+        layer.lora_b.add_(1.0)
+        layer.lora_a.mul_(0.5)
+        expected = layer(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=0)
